@@ -1,0 +1,206 @@
+"""The ``cminet`` command line: ``cminet info``, and the commands added by later modules.
+
+Every command prints bad-input problems as one line and exits non-zero; ``--debug``
+(before the command name) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from cminet import __version__
+from cminet.runtime.errors import CMINetError
+
+
+def friendly_errors(func):
+    """Turn expected failures into a one-line ``error: ...`` and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (CMINetError, OSError) as exc:
+            ctx = click.get_current_context()
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cminet")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """CMINet cross-modality medical image fusion (MRI with CT, PET or SPECT).
+
+    \b
+    Typical session:
+      cminet info                              # model size and cost
+      cminet fuse MRI.png PET.png -o fused.png # fuse one pair with the shipped weights
+    """
+
+
+@main.command()
+@click.option("--size", default="256x256", show_default=True, help="H×W at which to count FLOPs, e.g. 512x512.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
+@friendly_errors
+def info(size: str, weights: str | None) -> None:
+    """Print the model config, parameter count and FLOPs at SIZE."""
+    from cminet.model import CMINet, count_flops, count_parameters
+
+    height, width = parse_size(size)
+    if weights:
+        from cminet.checkpoint import load_checkpoint
+
+        model = load_checkpoint(weights)
+    else:
+        model = CMINet()
+    params = count_parameters(model)
+    flops = count_flops(model, height, width)
+    click.echo("CMINet config:")
+    click.echo(model.config.to_json())
+    click.echo(f"parameters: {params:,} ({params * 4 / 2**20:.2f} MiB as FP32)")
+    click.echo(f"FLOPs at 1×{height}×{width} pair: {flops / 1e9:.2f} GFLOPs (torch FlopCounterMode)")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset root laid out as <pair>/{mri,other}/<name>.png with train.txt.")
+@click.option("--pairs", default="ct_mri,pet_mri,spect_mri", show_default=True,
+              help="Comma-separated pair types to train on.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-4, show_default=True, type=float, help="Adam learning rate (cosine-decayed).")
+@click.option("--crop", default=64, show_default=True, type=click.IntRange(min=16), help="Random crop size.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and log.csv.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tune).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-minutes", type=float, help="Stop cleanly after this much wall time.")
+@click.option("--w-ssim", default=10.0, show_default=True, help="Loss weight of 1 − SSIM(f, max(a, b)).")
+@click.option("--w-texture", default=100.0, show_default=True, help="Loss weight of the gradient (texture) term.")
+@click.option("--w-pixel", default=1.0, show_default=True, help="Loss weight of the pixel (MSE) term.")
+@friendly_errors
+def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes,
+          w_ssim, w_texture, w_pixel) -> None:
+    """Train CMINet on the train split (validation is carved out of it by case).
+
+    \b
+    Example (the shipped weights):
+      cminet train --data ../shared/data/harvard --out runs/default --epochs 100
+    """
+    from pathlib import Path
+
+    from cminet.data import PAIR_TYPES
+    from cminet.losses import LossWeights
+    from cminet.train import TrainOptions, train as run_training
+
+    chosen = tuple(p.strip() for p in pairs.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in PAIR_TYPES and not (Path(data) / p).is_dir()]
+    if unknown:
+        raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
+    opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
+                        lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
+                        init=Path(init) if init else None, loss=LossWeights(w_ssim, w_texture, w_pixel))
+    try:
+        summary = run_training(opts)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    click.echo(f"done: {summary['epochs_run']} epochs in {summary['wall_seconds'] / 60:.1f} min, "
+               f"best validation loss {summary['best_val']:.4f} -> {summary['out']}/best.safetensors")
+
+
+@main.command()
+@click.argument("mri", required=False, type=click.Path(dir_okay=False))
+@click.argument("other", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output image for a single pair.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False),
+              help="Fuse every pair of a dataset folder (<pair>/{mri,other}/<name>.png).")
+@click.option("--samples", is_flag=True, help="Fuse the three sample pairs shipped with cminet.")
+@click.option("--split", default="test", show_default=True, help="With --data: train, test, or all.")
+@click.option("--pairs", default="ct_mri,pet_mri,spect_mri", show_default=True, help="With --data: pair types.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder for --data / --samples.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch checkpoint (.safetensors); default: shipped.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="Fuse with an exported .onnx or .engine through the torch-free runtime instead.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
+              help="Runtime backend for --model.")
+@click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda).")
+@friendly_errors
+def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, device) -> None:
+    """Fuse an MRI with a CT, PET or SPECT image.
+
+    \b
+    One pair (PET/SPECT output is RGB with the PET/SPECT colours restored):
+      cminet fuse mri.png pet.png -o fused.png
+    Every test pair of a dataset, written to OUT/<pair>/<name>.png:
+      cminet fuse --data ../shared/data/harvard --split test --out fused/
+    The shipped samples, through an exported model and ONNX Runtime:
+      cminet fuse --samples --out fused/ --model cminet.onnx
+    """
+    from pathlib import Path
+
+    from cminet.data import PAIR_TYPES, list_pairs
+    from cminet.fusion import SAMPLES_DIR, fuse_files, fuse_folder
+
+    single = mri is not None or other is not None
+    if sum([single, data is not None, samples]) != 1:
+        raise click.UsageError("give either MRI OTHER -o OUT, or --data DIR --out DIR, or --samples --out DIR")
+    if single and (other is None or output is None):
+        raise click.UsageError("a single pair needs MRI, OTHER and -o OUTPUT")
+    if not single and out is None:
+        raise click.UsageError("--data and --samples need --out DIR")
+    if model_file and weights:
+        raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
+
+    if model_file:
+        from cminet.runtime import Fuser
+
+        fuser = Fuser(model_file, backend=backend)
+    else:
+        from cminet.fusion import TorchFuser
+
+        fuser = TorchFuser(weights, device=device)
+
+    if single:
+        fuse_files(fuser, mri, other, output)
+        click.echo(f"wrote {output}")
+        return
+    if samples:
+        refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
+    else:
+        refs = list_pairs(data, [p.strip() for p in pairs.split(",") if p.strip()], split)
+    report = fuse_folder(fuser, refs, out)
+    for path in report.written if samples else []:
+        click.echo(f"wrote {path}")
+    click.echo(f"fused {len(report.written)} of {len(refs)} pairs into {out}/<pair>/<name>.png")
+    if report.failed:
+        click.echo(f"{len(report.failed)} pair(s) failed:", err=True)
+        for name, reason in report.failed:
+            click.echo(f"  {name}: {reason}", err=True)
+        sys.exit(1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256', '256x320' or '256×320' → (H, W)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 256 or 256x320") from None
+    if len(dims) == 1:
+        dims *= 2
+    if len(dims) != 2 or min(dims) < 16:
+        raise click.BadParameter(f"{text!r}: need H and W of at least 16")
+    return dims[0], dims[1]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Errors the whole project raises for bad input. All are ``ValueError`` subclasses so a
+device application can catch one type; the CLIs print them as one line without a
+traceback (``--debug`` shows it)."""
+
+
+class CMINetError(ValueError):
+    """Base class: a problem with what the user gave us (a file, an image, an option)."""
+
+
+class ImageError(CMINetError):
+    """An unreadable, truncated, wrongly shaped or otherwise unusable image."""
+
+
+class ModelFileError(CMINetError):
+    """A missing, corrupt or foreign weights / ONNX / engine file, or a version mismatch."""
