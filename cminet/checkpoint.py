@@ -13,9 +13,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import ModelFileError

@@ -71,8 +71,7 @@ def info(size: str, weights: str | None) -> None:
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
               help="Dataset root laid out as <pair>/{mri,other}/<name>.png with train.txt.")
-@click.option("--pairs", default="ct_mri,pet_mri,spect_mri", show_default=True,
-              help="Comma-separated pair types to train on.")
+@click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-4, show_default=True, type=float, help="Adam learning rate (cosine-decayed).")
@@ -97,11 +96,12 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     """
     from pathlib import Path
 
-    from cminet.data import PAIR_TYPES
+    from cminet.data import PAIR_TYPES, discover_pairs
     from cminet.losses import LossWeights
-    from cminet.train import TrainOptions, train as run_training
+    from cminet.train import TrainOptions
+    from cminet.train import train as run_training
 
-    chosen = tuple(p.strip() for p in pairs.split(",") if p.strip())
+    chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     unknown = [p for p in chosen if p not in PAIR_TYPES and not (Path(data) / p).is_dir()]
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
@@ -124,7 +124,7 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
               help="Fuse every pair of a dataset folder (<pair>/{mri,other}/<name>.png).")
 @click.option("--samples", is_flag=True, help="Fuse the three sample pairs shipped with cminet.")
 @click.option("--split", default="test", show_default=True, help="With --data: train, test, or all.")
-@click.option("--pairs", default="ct_mri,pet_mri,spect_mri", show_default=True, help="With --data: pair types.")
+@click.option("--pairs", help="With --data: comma-separated pair types (default: every <pair>/ folder).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder for --data / --samples.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch checkpoint (.safetensors); default: shipped.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
@@ -145,9 +145,8 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
     """
-    from pathlib import Path
 
-    from cminet.data import PAIR_TYPES, list_pairs
+    from cminet.data import PAIR_TYPES, discover_pairs, list_pairs
     from cminet.fusion import SAMPLES_DIR, fuse_files, fuse_folder
 
     single = mri is not None or other is not None
@@ -176,7 +175,7 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
     if samples:
         refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
     else:
-        refs = list_pairs(data, [p.strip() for p in pairs.split(",") if p.strip()], split)
+        refs = list_pairs(data, split_pairs(pairs) if pairs else discover_pairs(data), split)
     report = fuse_folder(fuser, refs, out)
     for path in report.written if samples else []:
         click.echo(f"wrote {path}")
@@ -186,6 +185,11 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         for name, reason in report.failed:
             click.echo(f"  {name}: {reason}", err=True)
         sys.exit(1)
+
+
+def split_pairs(text: str) -> tuple[str, ...]:
+    """'ct_mri, pet_mri' → ('ct_mri', 'pet_mri')."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def parse_size(text: str) -> tuple[int, int]:

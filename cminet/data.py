@@ -46,6 +46,15 @@ class PairRef:
         return stem[:-3] if len(stem) > 3 and stem.isdigit() else stem
 
 
+def discover_pairs(root: str | Path) -> tuple[str, ...]:
+    """Pair-type folders under ``root`` (those holding both ``mri/`` and ``other/``)."""
+    root = Path(root)
+    found = tuple(sorted(d.name for d in root.iterdir() if (d / "mri").is_dir() and (d / "other").is_dir()))
+    if not found:
+        raise CMINetError(f"{root}: no <pair>/mri/ + <pair>/other/ folders found")
+    return found
+
+
 def list_pairs(root: str | Path, pairs: list[str] | tuple[str, ...], split: str) -> list[PairRef]:
     """Pairs of ``split`` ("train" or "test") for each pair type, or every pair in the
     folder when the split file is absent and ``split == "all"``."""

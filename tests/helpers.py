@@ -1,0 +1,50 @@
+"""Small builders shared by the tests: synthetic datasets and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def synthetic_pair(rng: np.random.Generator, size: int = 48, colour: bool = False):
+    """A blob-and-stripes MRI and a bright-ring 'CT' (or pseudo-colour 'PET') of one grid."""
+    yy, xx = np.mgrid[:size, :size]
+    centre = size / 2 + rng.uniform(-3, 3, 2)
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    mri = (120 + 80 * np.sin(xx / 3.0 + rng.uniform(0, 6)) * (r < size * 0.4)).clip(0, 255).astype(np.uint8)
+    ring = ((r > size * 0.35) & (r < size * 0.42)) * 230.0
+    other = ring.astype(np.uint8)
+    if colour:
+        other = cv2.applyColorMap((255 - r * 255 / r.max()).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        other = np.ascontiguousarray(other)
+    return mri, other
+
+
+def write_dataset(root: Path, pairs=("ct_mri", "pet_mri"), n: int = 6, size: int = 48, seed: int = 0) -> Path:
+    """``root/<pair>/{mri,other}/<case><slice>.png`` with train.txt (all) and test.txt (last)."""
+    rng = np.random.default_rng(seed)
+    for pair in pairs:
+        (root / pair / "mri").mkdir(parents=True, exist_ok=True)
+        (root / pair / "other").mkdir(parents=True, exist_ok=True)
+        names = []
+        for i in range(n):
+            name = f"{i % 3 + 1}{i:03d}.png"  # three cases
+            mri, other = synthetic_pair(rng, size, colour=pair != "ct_mri")
+            cv2.imwrite(str(root / pair / "mri" / name), mri)
+            cv2.imwrite(str(root / pair / "other" / name), other[..., ::-1] if other.ndim == 3 else other)
+            names.append(name)
+        (root / pair / "train.txt").write_text("\n".join(names[:-1]) + "\n")
+        (root / pair / "test.txt").write_text(names[-1] + "\n")
+    return root
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    from cminet.checkpoint import save_checkpoint
+    from cminet.model import CMINet, CMINetConfig
+
+    torch.manual_seed(seed)
+    return save_checkpoint(CMINet(CMINetConfig(channels=8, embed_dim=16, num_heads=2, growth=4)), path)
