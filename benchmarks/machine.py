@@ -1,0 +1,96 @@
+"""Describe the machine a benchmark ran on, and measure its matmul peak for context."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    match = re.search(r"model name\s*:\s*(.+)", text)
+    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
+
+
+def memory_gb() -> float | None:
+    try:
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    except (OSError, AttributeError):
+        return None
+    return round(kib / 2**20, 1)
+
+
+def gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    names = ("cminet", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "opencv-python-headless")
+    for dist in names:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def matmul_peak_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """Best FP32 GEMM rate numpy's BLAS reaches here: the practical compute roof of this CPU."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # warm up the BLAS threads
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ a
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def describe(measure_peak: bool = True) -> dict:
+    gpu = gpu_name()
+    info = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "memory_gb": memory_gb(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if measure_peak:
+        info["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
+    return info
+
+
+def machine_slug(info: dict) -> str:
+    """Short file-name-safe name: the GPU if any, else the CPU and core count."""
+    name = info.get("gpu") or f"{info['cpu']}-{info['cpu_cores']}core"
+    name = re.sub(r"\(R\)|\(TM\)|CPU|@.*|Processor", "", name.split(",")[0])
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
