@@ -1,0 +1,68 @@
+"""Render recorded benchmark JSON files as the README's performance table.
+
+    python -m cminet.benchmarks.report benchmarks/results/*.json            # print markdown
+    python -m cminet.benchmarks.report --readme README.md benchmarks/results/*.json
+
+With ``--readme`` the table replaces the text between ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` so the README always shows what the recorded files hold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def render(paths: list[Path]) -> str:
+    lines = []
+    for path in sorted(paths):
+        report = json.loads(path.read_text())
+        m = report["machine"]
+        where = m["gpu"] or f"{m['cpu']}, {m['cpu_cores']} cores"
+        lines += [f"**{where}** (`{path.name}`, commit {m.get('git_commit') or '?'}; "
+                  f"FP32 matmul peak {m.get('matmul_peak_gflops', 0):.0f} GFLOP/s)", "",
+                  "| backend | precision | H×W | batch | p50 ms | p99 ms | img/s | GFLOP/s | peak RSS MB | GPU MB "
+                  "| cold start s | max abs drift | PSNR dB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["results"]:
+            d = r.get("drift") or {}
+            gpu = f"{r['gpu_mem_mb']:.0f}" if r.get("gpu_mem_mb") is not None else "–"
+            lines.append(
+                f"| {r['backend']} | {r['precision']} | {r['height']}×{r['width']} | {r['batch']} "
+                f"| {r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['throughput_ips']:.1f} "
+                f"| {r['achieved_gflops']:.1f} | {r['peak_rss_mb']:.0f} | {gpu} | {r['cold_start_s']:.2f} "
+                f"| {d.get('max_abs', float('nan')):.1e} | {d.get('psnr_db', float('nan')):.1f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: no {START} ... {END} block to replace")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
+def main(argv: list[str]) -> int:
+    readme = None
+    if argv[:1] == ["--readme"]:
+        readme, argv = Path(argv[1]), argv[2:]
+    if not argv:
+        print(__doc__)
+        return 2
+    table = render([Path(a) for a in argv])
+    if readme:
+        update_readme(readme, table)
+        print(f"updated {readme}")
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
