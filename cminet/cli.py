@@ -85,9 +85,10 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--w-ssim", default=10.0, show_default=True, help="Loss weight of 1 − SSIM(f, max(a, b)).")
 @click.option("--w-texture", default=100.0, show_default=True, help="Loss weight of the gradient (texture) term.")
 @click.option("--w-pixel", default=1.0, show_default=True, help="Loss weight of the pixel (MSE) term.")
+@click.option("--w-intensity", default=0.0, show_default=True, help="Loss weight of mean |f − max(a, b)|.")
 @friendly_errors
 def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes,
-          w_ssim, w_texture, w_pixel) -> None:
+          w_ssim, w_texture, w_pixel, w_intensity) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -107,7 +108,7 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-                        init=Path(init) if init else None, loss=LossWeights(w_ssim, w_texture, w_pixel))
+                        init=Path(init) if init else None, loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
@@ -183,6 +184,72 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
     if report.failed:
         click.echo(f"{len(report.failed)} pair(s) failed:", err=True)
         for name, reason in report.failed:
+            click.echo(f"  {name}: {reason}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
+              help="val = the validation pairs training carves out of train (use it to choose models).")
+@click.option("--pairs", help="Comma-separated pair types (default: every <pair>/ folder).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="CMINet checkpoint; default: the shipped one.")
+@click.option("--methods", default="cminet,average,max,laplacian", show_default=True,
+              help="Built-in methods to compare.")
+@click.option("--fused", multiple=True, metavar="[NAME=]DIR",
+              help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
+@click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
+@friendly_errors
+def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
+    """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
+    VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
+
+    \b
+    The README table:
+      cminet evaluate --data ../shared/data/harvard --split test
+    Add a published method's outputs:
+      cminet evaluate --data ../shared/data/harvard --fused U2Fusion=results/u2fusion
+    """
+    from pathlib import Path
+
+    from cminet.baselines import BASELINES, BaselineFuser
+    from cminet.data import discover_pairs, list_pairs, split_validation
+    from cminet.evaluate import FolderMethod, comparison_sheet, markdown, rank, run_evaluation, summarise, write_outputs
+    from cminet.fusion import TorchFuser
+
+    chosen = split_pairs(pairs) if pairs else discover_pairs(data)
+    refs = list_pairs(data, chosen, "train" if split == "val" else split)
+    if split == "val":
+        refs = split_validation(refs)[1]
+    if limit:
+        per_type: dict = {}
+        refs = [r for r in refs if per_type.setdefault(r.pair, []).append(r) or len(per_type[r.pair]) <= limit]
+    contenders: dict = {}
+    for name in split_pairs(methods):
+        if name == "cminet":
+            contenders[name] = TorchFuser(weights)
+        elif name in BASELINES:
+            contenders[name] = BaselineFuser(name)
+        else:
+            known = ", ".join(["cminet", *BASELINES])
+            raise click.BadParameter(f"unknown method {name!r} (known: {known})", param_hint="--methods")
+    for item in fused:
+        name, _, folder = item.rpartition("=")
+        contenders[name or Path(folder).name] = FolderMethod(folder)
+    rows, images, failures = run_evaluation(refs, contenders)
+    if not rows:
+        raise click.ClickException("nothing was evaluated")
+    summary = summarise(rows)
+    ranks = rank(summary)
+    out = Path(out)
+    write_outputs(out, rows, summary, ranks, {"data": str(data), "split": split, "weights": weights or "shipped"})
+    sheet = comparison_sheet(images, ["MRI", "other", *contenders], out / "comparison.png")
+    click.echo(markdown(summary, ranks))
+    click.echo(f"wrote {out}/metrics.csv, summary.json, summary.md" + (f", {sheet.name}" if sheet else ""))
+    if failures:
+        click.echo(f"{len(failures)} failure(s):", err=True)
+        for name, reason in failures:
             click.echo(f"  {name}: {reason}", err=True)
         sys.exit(1)
 

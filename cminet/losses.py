@@ -6,8 +6,11 @@
   writes a norm; we take the mean absolute difference so the loss does not grow with the
   crop size.
 * L_PIX = mean((f − a)²) + mean((f − b)²).
+* L_INT = mean |f − max(a, b)| (not in the paper; weight 0 by default). L_PIX is smallest at
+  the average of the sources, which dims whichever modality is bright (CT bone, PET
+  uptake); L_INT pulls intensities toward the brighter source instead.
 
-Default weights are the paper's: 10, 100, 1. Images are in [0, 1].
+Default weights are the paper's: 10, 100, 1 (and 0 for L_INT). Images are in [0, 1].
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class LossWeights:
     ssim: float = 10.0
     texture: float = 100.0
     pixel: float = 1.0
+    intensity: float = 0.0
 
 
 class FusionLoss(torch.nn.Module):
@@ -67,6 +71,8 @@ class FusionLoss(torch.nn.Module):
         target_grad = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
         l_tex = (gradient_magnitude(f) - target_grad).abs().mean()
         l_pix = F.mse_loss(f, a) + F.mse_loss(f, b)
+        l_int = (f - torch.maximum(a, b)).abs().mean()
         w = self.weights
-        total = w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix
-        return total, {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item()}
+        total = w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix + w.intensity * l_int
+        terms = {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item(), "intensity": l_int.item()}
+        return total, terms

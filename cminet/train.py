@@ -48,8 +48,8 @@ class TrainOptions:
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
 
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_ssim", "train_texture", "train_pixel",
-              "val_loss", "val_ssim", "val_texture", "val_pixel", "seconds"]
+TERMS = ("loss", "ssim", "texture", "pixel", "intensity")
+CSV_FIELDS = ["epoch", "lr", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "seconds"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,7 +70,7 @@ def seed_everything(seed: int) -> None:
 def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, device) -> dict:
     """Mean loss (and terms) over whole validation images, one image at a time."""
     model.eval()
-    sums = {"loss": 0.0, "ssim": 0.0, "texture": 0.0, "pixel": 0.0}
+    sums = dict.fromkeys(TERMS, 0.0)
     for i in range(len(data)):
         a, b = (t[None].to(device) for t in data[i])
         loss, terms = criterion(model(a, b), a, b)
@@ -138,7 +138,7 @@ def train(opts: TrainOptions) -> dict:
                 group["lr"] = lr_at(epoch)
             model.train()
             t0 = time.monotonic()
-            sums = {"loss": 0.0, "ssim": 0.0, "texture": 0.0, "pixel": 0.0}
+            sums = dict.fromkeys(TERMS, 0.0)
             seen = 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch", leave=False)
             for a, b in bar:
@@ -163,8 +163,8 @@ def train(opts: TrainOptions) -> dict:
             seconds = time.monotonic() - t0
             with log_path.open("a", newline="") as fh:
                 csv.writer(fh).writerow([epoch + 1, f"{lr_at(epoch):.3g}"]
-                                        + [f"{train_stats[k]:.5f}" for k in ("loss", "ssim", "texture", "pixel")]
-                                        + [f"{val[k]:.5f}" for k in ("loss", "ssim", "texture", "pixel")]
+                                        + [f"{train_stats[k]:.5f}" for k in TERMS]
+                                        + [f"{val[k]:.5f}" for k in TERMS]
                                         + [f"{seconds:.1f}"])
             print(f"epoch {epoch + 1:4d}  train {train_stats['loss']:.4f}  val {val['loss']:.4f}"
                   f"{'  *best*' if improved else ''}  ({seconds:.1f}s)", flush=True)

@@ -1,0 +1,157 @@
+"""``cminet evaluate``: the model against classical baselines (and any other method's
+outputs) with the standard fusion metrics, per pair type.
+
+Metrics are computed on grey / Y images in 0–255: the MRI, the CT or PET/SPECT Y, and the
+Y of each method's fused output as written to disk (uint8), so every method is judged on
+the same footing. Writes ``metrics.csv`` (one row per image and method), ``summary.json``,
+``summary.md`` and ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cminet.data import PairRef
+from cminet.fusion import Fuses
+from cminet.metrics import METRICS, evaluate
+from cminet.runtime.errors import CMINetError
+from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write_image
+
+RANKED = ("MI", "VIF", "Qabf", "SF")  # the paper's four, higher is better
+
+
+class FolderMethod:
+    """Another method's fused images, laid out as ``<dir>/<pair>/<name>.png``."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise CMINetError(f"{self.folder}: no such folder of fused images")
+
+    def fused_for(self, ref: PairRef) -> np.ndarray:
+        return read_image(self.folder / ref.pair / Path(ref.name).with_suffix(".png").name)
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """Grey as float, or the BT.601 Y of an RGB image, in 0–255."""
+    return rgb_to_ycbcr(image)[..., 0] if image.ndim == 3 else image.astype(np.float64)
+
+
+def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod], progress: bool = True):
+    """Metrics for every pair and method. Returns (rows, fused images kept for the sheet,
+    failures)."""
+    rows, failures = [], []
+    images: dict[PairRef, dict[str, np.ndarray]] = {}
+    for ref in tqdm(refs, desc="evaluating", unit="pair", disable=not progress):
+        try:
+            mri, other = read_image(ref.mri_path), read_image(ref.other_path)
+            pair = prepare_pair(mri, other)
+        except CMINetError as exc:
+            failures.append((f"{ref.pair}/{ref.name}", str(exc)))
+            continue
+        a, b = pair.mri * 255.0, pair.other * 255.0
+        images[ref] = {"MRI": mri, "other": other}
+        for name, method in methods.items():
+            try:
+                fused = method.fused_for(ref) if isinstance(method, FolderMethod) else method.fuse(mri, other)
+                f = luma(fused)
+                if f.shape != a.shape:
+                    raise CMINetError(f"fused image is {f.shape}, sources are {a.shape}")
+            except CMINetError as exc:
+                failures.append((f"{name}: {ref.pair}/{ref.name}", str(exc)))
+                continue
+            images[ref][name] = fused
+            rows.append({"pair": ref.pair, "name": ref.name, "method": name, **evaluate(a, b, f)})
+    return rows, images, failures
+
+
+def summarise(rows: list[dict]) -> dict:
+    """{pair: {method: {metric: (mean, std, n)}}}."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["pair"], r["method"])].append(r)
+    summary: dict = defaultdict(dict)
+    for (pair, method), rs in groups.items():
+        summary[pair][method] = {
+            m: {"mean": float(np.mean([r[m] for r in rs])), "std": float(np.std([r[m] for r in rs])), "n": len(rs)}
+            for m in METRICS
+        }
+    return dict(summary)
+
+
+def rank(summary: dict) -> dict:
+    """Per pair type: each method's rank (1 = best) on MI, VIF, Qabf, SF and the mean rank."""
+    out = {}
+    for pair, methods in summary.items():
+        ranks = {m: {} for m in methods}
+        for metric in RANKED:
+            order = sorted(methods, key=lambda m: -methods[m][metric]["mean"])
+            for position, method in enumerate(order, start=1):
+                ranks[method][metric] = position
+        for method in ranks:
+            ranks[method]["mean_rank"] = float(np.mean([ranks[method][k] for k in RANKED]))
+        best = min(ranks, key=lambda m: ranks[m]["mean_rank"])
+        tied = [m for m in ranks if ranks[m]["mean_rank"] == ranks[best]["mean_rank"]]
+        out[pair] = {"ranks": ranks, "best": best if len(tied) == 1 else None, "tied": tied}
+    return out
+
+
+def markdown(summary: dict, ranks: dict) -> str:
+    lines = []
+    for pair in sorted(summary):
+        methods = summary[pair]
+        n = next(iter(methods.values()))["EN"]["n"]
+        lines += [f"### {pair} ({n} pairs, mean ± std; MI in nats)", "",
+                  "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        for method, stats in methods.items():
+            cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in METRICS]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", f"Ranks on {', '.join(RANKED)} (1 = best):", "",
+                  "| method | " + " | ".join(RANKED) + " | mean rank |", "|---" * (len(RANKED) + 2) + "|"]
+        for method, r in sorted(ranks[pair]["ranks"].items(), key=lambda kv: kv[1]["mean_rank"]):
+            lines.append(f"| {method} | " + " | ".join(str(r[k]) for k in RANKED) + f" | {r['mean_rank']:.2f} |")
+        best = ranks[pair]["best"]
+        lines += ["", f"Best mean rank: **{best}**" if best else f"Tied: {', '.join(ranks[pair]['tied'])}", ""]
+    return "\n".join(lines)
+
+
+def comparison_sheet(images: dict, columns: list[str], path: Path, per_pair_type: int = 2, tile: int = 192):
+    """A PNG grid: one row per pair (a few per pair type), columns MRI, other, each method."""
+    chosen: dict[str, list] = defaultdict(list)
+    for ref in images:
+        if len(chosen[ref.pair]) < per_pair_type and all(c in images[ref] for c in columns):
+            chosen[ref.pair].append(ref)
+    refs = [r for pair in sorted(chosen) for r in chosen[pair]]
+    if not refs:
+        return None
+    label_h = 24
+    sheet = np.full((label_h + len(refs) * tile, len(columns) * tile, 3), 255, np.uint8)
+    for j, name in enumerate(columns):
+        cv2.putText(sheet, name, (j * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, ref in enumerate(refs):
+        for j, name in enumerate(columns):
+            img = images[ref][name]
+            rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+            y = label_h + i * tile
+            sheet[y : y + tile, j * tile : (j + 1) * tile] = cv2.resize(rgb, (tile, tile), interpolation=cv2.INTER_AREA)
+        cv2.putText(sheet, f"{ref.pair}/{ref.name}", (4, label_h + i * tile + tile - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (255, 255, 0), 1, cv2.LINE_AA)
+    write_image(path, sheet)
+    return path
+
+
+def write_outputs(out: Path, rows: list[dict], summary: dict, ranks: dict, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["pair", "name", "method", *METRICS])
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.json").write_text(json.dumps({**meta, "summary": summary, "ranks": ranks}, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary, ranks))
