@@ -293,9 +293,10 @@ class CMINet(nn.Module):
         h, w = a.shape[-2:]
         m = self.config.size_multiple
         pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
-        if pad_h or pad_w:
-            a = F.pad(a, (0, pad_w, 0, pad_h), mode="replicate")
-            b = F.pad(b, (0, pad_w, 0, pad_h), mode="replicate")
+        # Always pad (by zero when already aligned): no branch on the size, so the exported
+        # graph computes the padding from the input shape at run time.
+        a = F.pad(a, (0, pad_w, 0, pad_h), mode="replicate")
+        b = F.pad(b, (0, pad_w, 0, pad_h), mode="replicate")
         shallow = self.head(torch.cat([self.branch_a(a), self.branch_b(b)], dim=1))
         fused = torch.sigmoid(self.tail(self.cnn(shallow)))
         return fused[..., :h, :w]

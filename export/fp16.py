@@ -1,0 +1,63 @@
+"""FP32 ONNX → FP16 ONNX with onnxconverter-common.
+
+Weights and compute go to FP16; the ops where FP16 is unsafe stay FP32 (the converter
+wraps them in Casts): LayerNormalization and Softmax (their reductions), every ReduceMean /
+ReduceMax (GADN and attention statistics), and Pow/Sqrt/Div (GADN's root-mean-square
+and its normalisation, where squares of activations can pass FP16's 65504). Inputs and
+outputs stay FP32 by default (``io_dtype="fp16"`` makes them FP16), and the result is
+checked to really have the I/O dtypes asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from .graph import compact_names
+
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceMax", "ReduceSum", "Pow", "Sqrt", "Div")
+IO_DTYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
+
+
+def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_fp32: tuple[str, ...] = ()) -> Path:
+    """Write the FP16 version of ``src`` to ``dst`` (atomically); return ``dst``."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be fp32 or fp16, not {io_dtype!r}")
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns about values it clamps; the range check reports them
+        fp16 = float16.convert_float_to_float16(
+            model, keep_io_types=io_dtype == "fp32", op_block_list=list(FP32_OPS + tuple(keep_fp32))
+        )
+    fp16.ir_version = model.ir_version
+    compact_names(fp16)  # the converter adds a Cast pair with long names around every FP32 op
+    wanted = IO_DTYPES[io_dtype]
+    wrong = [v.name for v in (*fp16.graph.input, *fp16.graph.output) if v.type.tensor_type.elem_type != wanted]
+    if wrong:
+        raise RuntimeError(f"FP16 conversion left {', '.join(wrong)} with the wrong dtype (wanted {io_dtype})")
+    onnx.checker.check_model(fp16)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(fp16, tmp)
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dst
+
+
+def io_dtype_of(path: str | Path) -> dict[str, str]:
+    """{'mri': 'float32', ...} for every graph input and output."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+            for v in (*model.graph.input, *model.graph.output)}

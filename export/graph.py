@@ -1,0 +1,60 @@
+"""Small, behaviour-preserving clean-ups of an ONNX graph after export or conversion."""
+
+from __future__ import annotations
+
+import hashlib
+
+import onnx
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> int:
+    """Merge initializers with identical dtype, shape and bytes into one (keeps the first
+    name). Returns how many were removed. The dynamo exporter can emit a shared weight once
+    per unrolled step; a shared weight must be stored once."""
+    seen: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for init in model.graph.initializer:
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(init.SerializeToString(deterministic=True)
+                                                                .replace(init.name.encode(), b"")).hexdigest())
+        if key in seen:
+            rename[init.name] = seen[key]
+        else:
+            seen[key] = init.name
+            keep.append(init)
+    if rename:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+    return len(rename)
+
+
+def compact_names(model: onnx.ModelProto) -> None:
+    """Short node and intermediate tensor names (``Conv_12``, ``t345``). Exporters write
+    long scoped names (``/branch_a/block/attn/Transpose_output_0``) that make up over a tenth
+    of this small model's file. Graph inputs, outputs and initializer (weight) names stay."""
+    graph = model.graph
+    fixed = {v.name for v in (*graph.input, *graph.output)} | {i.name for i in graph.initializer}
+    existing = {out for node in graph.node for out in node.output} | fixed
+    # A prefix no current name uses, so a new name never collides with an old one.
+    prefix = next(p for p in "tuvwxyz" if not any(n.startswith(p) and n[1:].isdigit() for n in existing))
+    rename: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{index}"
+        node.doc_string = ""
+        for j, out in enumerate(node.output):
+            if out and out not in fixed:
+                rename[out] = f"{prefix}{len(rename)}"
+                node.output[j] = rename[out]
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            if name in rename:
+                node.input[j] = rename[name]
+    kept_info = [v for v in graph.value_info if v.name in rename]
+    for v in kept_info:
+        v.name = rename[v.name]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
