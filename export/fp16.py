@@ -38,6 +38,8 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
             model, keep_io_types=io_dtype == "fp32", op_block_list=list(FP32_OPS + tuple(keep_fp32))
         )
     fp16.ir_version = model.ir_version
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(fp16, {**props, "cminet.precision": "fp16", "cminet.io_dtype": io_dtype})
     compact_names(fp16)  # the converter adds a Cast pair with long names around every FP32 op
     wanted = IO_DTYPES[io_dtype]
     wrong = [v.name for v in (*fp16.graph.input, *fp16.graph.output) if v.type.tensor_type.elem_type != wanted]

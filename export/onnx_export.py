@@ -61,7 +61,8 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> 
         dedupe_initializers(proto)
         compact_names(proto)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-        proto.producer_name, proto.doc_string = "cminet", f"CMINet fusion, config: {model.config.to_json()}"
+        proto.producer_name, proto.doc_string = "cminet", "CMINet cross-modality medical image fusion"
+        onnx.helper.set_model_props(proto, {"cminet.precision": "fp32", "cminet.config": model.config.to_json()})
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
         os.replace(tmp, path)
