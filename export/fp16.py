@@ -32,6 +32,9 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be fp32 or fp16, not {io_dtype!r}")
     model = onnx.load(str(src))
+    # Drop stored intermediate types: the converter retypes tensors but not stale value_info
+    # (seen with the Identity nodes the exporter emits for repeated constants).
+    del model.graph.value_info[:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns about values it clamps; the range check reports them
         fp16 = float16.convert_float_to_float16(

@@ -58,3 +58,27 @@ def compact_names(model: onnx.ModelProto) -> None:
         v.name = rename[v.name]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
+
+
+def inline_identity_initializers(model: onnx.ModelProto) -> int:
+    """Point consumers of ``Identity(initializer)`` at the initializer itself.
+
+    The TorchScript exporter stores equal constants once and reads the copies through
+    Identity nodes (an untrained model's all-ones LayerNorm weights, for example). The FP16
+    converter types those Identity outputs wrongly when the initializer must stay FP32, so we
+    remove them: the weight is still stored once."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)

@@ -26,7 +26,7 @@ import torch
 
 from cminet.model import CMINet
 
-from .graph import compact_names, dedupe_initializers
+from .graph import compact_names, dedupe_initializers, inline_identity_initializers
 
 INPUT_NAMES = ("mri", "other")
 OUTPUT_NAME = "fused"
@@ -59,6 +59,7 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> 
                 _export_torchscript(model, (a, b), tmp, opset)
         proto = onnx.load(tmp)
         dedupe_initializers(proto)
+        inline_identity_initializers(proto)
         compact_names(proto)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         proto.producer_name, proto.doc_string = "cminet", "CMINet cross-modality medical image fusion"
