@@ -22,7 +22,6 @@ from .imaging import finish_output, prepare_pair
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-ONNX_MAGIC_MAX = 64  # a protobuf ONNX file starts with a small tag; anything else is foreign
 
 
 def _open_backend(path: Path, backend: str, device: int, threads: int | None, optimization: str) -> Backend:
@@ -68,8 +67,8 @@ class Fuser:
             raise BackendUnavailable(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
-        if path.stat().st_size < ONNX_MAGIC_MAX:
-            raise ModelFileError(f"{path}: only {path.stat().st_size} bytes: truncated or not a model")
+        if path.stat().st_size == 0:
+            raise ModelFileError(f"{path}: empty file")
         self.path = path
         self._backend: Backend | None = _open_backend(path, backend, device, threads, optimization)
 
