@@ -45,10 +45,12 @@ def test_recursion_changes_the_computation():
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
     model = CMINet().train()
-    # Non-zero GADN γ so its α also receives gradient (γ = 0 makes the gate constant).
+    # Non-zero GADN γ so its α also receives gradient (γ = 0 makes the gate constant), and a
+    # non-zero last tail conv (it starts at zero so the untrained model is the max rule).
     for module in model.modules():
         if module.__class__.__name__ == "GADN":
             module.gamma.data.fill_(0.5)
+    torch.nn.init.normal_(model.tail[-1].weight, std=0.05)
     a, b = torch.rand(2, 1, 32, 48), torch.rand(2, 1, 32, 48)
     model(a, b).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -67,6 +69,13 @@ def test_batch_items_are_independent(model):
         batched = model(a, b)
         single = model(a[1:2], b[1:2])
     torch.testing.assert_close(batched[1:2], single, atol=1e-5, rtol=1e-5)
+
+
+def test_untrained_max_residual_model_is_the_max_rule():
+    a, b = torch.rand(2, 1, 24, 40), torch.rand(2, 1, 24, 40)
+    with torch.no_grad():
+        assert torch.equal(CMINet()(a, b), torch.maximum(a, b))
+        assert not torch.equal(CMINet(CMINetConfig(output="sigmoid"))(a, b), torch.maximum(a, b))
 
 
 def test_config_json_round_trip():
