@@ -15,9 +15,12 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
 	touch $@
 
-## demo: fuse the shipped sample pairs (the main job)
+## demo: the main job: fuse the shipped samples → export (FP32 + FP16 ONNX, engine where
+## TensorRT and a GPU exist) → benchmark every backend present
 demo: $(BIN)/.installed
 	$(BIN)/cminet fuse --samples --out $(OUT)/fused
+	$(BIN)/cminet-export --fp16 --out $(OUT)/export
+	$(BIN)/cminet-bench --quick --json $(OUT)/bench.json --workdir $(OUT)/bench-cache
 
 ## test: lint, then the whole pytest suite (CPU; GPU tests skip themselves)
 test: $(BIN)/.installed lint
