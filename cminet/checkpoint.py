@@ -8,8 +8,6 @@ second safetensors file, ``*.state.safetensors``, so resuming never unpickles ei
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,20 +16,14 @@ from safetensors.torch import load_file, save_file
 
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import ModelFileError
+from cminet.runtime.files import atomic_output
 
 FORMAT = "cminet-v1"
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        write(str(tmp))
 
 
 def save_checkpoint(model: CMINet, path: str | Path, info: dict | None = None) -> Path:

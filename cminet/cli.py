@@ -147,8 +147,11 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
       cminet fuse --samples --out fused/ --model cminet.onnx
     """
 
+    from pathlib import Path
+
     from cminet.data import PAIR_TYPES, discover_pairs, list_pairs
     from cminet.fusion import SAMPLES_DIR, fuse_files, fuse_folder
+    from cminet.runtime.errors import ImageError
 
     single = mri is not None or other is not None
     if sum([single, data is not None, samples]) != 1:
@@ -159,6 +162,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         raise click.UsageError("--data and --samples need --out DIR")
     if model_file and weights:
         raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
+    for image in (mri, other) if single else ():
+        if not Path(image).is_file():  # before loading any model: fail fast on a typo
+            raise ImageError(f"{image}: no such file")
 
     if model_file:
         from cminet.runtime import Fuser

@@ -10,12 +10,12 @@ checked to really have the I/O dtypes asked for.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
+
+from cminet.runtime.files import atomic_output
 
 from .graph import compact_names
 
@@ -49,16 +49,9 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
     if wrong:
         raise RuntimeError(f"FP16 conversion left {', '.join(wrong)} with the wrong dtype (wanted {io_dtype})")
     onnx.checker.check_model(fp16)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(fp16, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dst
+    with atomic_output(dst) as tmp:
+        onnx.save(fp16, str(tmp))
+    return Path(dst)
 
 
 def io_dtype_of(path: str | Path) -> dict[str, str]:

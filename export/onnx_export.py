@@ -16,8 +16,6 @@ Two exporters, chosen by opset:
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import onnx
 import torch
 
 from cminet.model import CMINet
+from cminet.runtime.files import atomic_output
 
 from .graph import compact_names, dedupe_initializers, inline_identity_initializers
 
@@ -48,15 +47,13 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> 
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(1, 1, 64, 64, generator=generator)
     b = torch.rand(1, 1, 64, 64, generator=generator)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            if opset >= DYNAMO_MIN_OPSET:
-                _export_dynamo(model, (a, b), tmp, opset)
-            else:
-                _export_torchscript(model, (a, b), tmp, opset)
+    with atomic_output(path) as tmp_path, warnings.catch_warnings(), torch.no_grad():
+        tmp = str(tmp_path)
+        warnings.simplefilter("ignore")
+        if opset >= DYNAMO_MIN_OPSET:
+            _export_dynamo(model, (a, b), tmp, opset)
+        else:
+            _export_torchscript(model, (a, b), tmp, opset)
         proto = onnx.load(tmp)
         dedupe_initializers(proto)
         inline_identity_initializers(proto)
@@ -66,9 +63,6 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> 
         onnx.helper.set_model_props(proto, {"cminet.precision": "fp32", "cminet.config": model.config.to_json()})
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.files import write_bytes_atomic
 
 from .onnx_export import INPUT_NAMES
 
@@ -101,7 +100,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
     if serialized is None:
         raise CMINetError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
     if cache_path:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
     fp16_layers, total_layers = count_fp16_layers(trt, logger, serialized)
     if fp16_layers == 0:
@@ -109,7 +108,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
 
     cuda = open_cuda(0)
     device = cuda.device_info(0)
-    _atomic_write(engine_path, bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized))
     sidecar = Path(f"{engine_path}.json")
     meta = {
         "format": "cminet-engine-v1",
@@ -128,7 +127,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
         "total_layers": total_layers,
         "workspace_mib": workspace_mib,
     }
-    _atomic_write(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
+    write_bytes_atomic(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
     return EngineBuild(engine_path, sidecar, seconds, fp16_layers, total_layers)
 
 
@@ -144,15 +143,3 @@ def count_fp16_layers(trt, logger, serialized) -> tuple[int, int]:
         if "Half" in text or "FP16" in text or "kHALF" in text:
             fp16 += 1
     return fp16, len(layers)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

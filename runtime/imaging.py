@@ -10,7 +10,6 @@ and the source Cb/Cr are put back. CT and MRI are grey.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
+from .files import write_bytes_atomic
 
 MIN_SIZE = 16
 MAX_SIDE = 8192  # larger sides are refused: one 8192² pair already needs GBs of activations
@@ -91,19 +91,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a uint8 grey or RGB image atomically (temp file + rename): a failure never
     leaves a partial file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, encoded = cv2.imencode(path.suffix or ".png", bgr)
     if not ok:
         raise ImageError(f"{path}: OpenCV cannot encode {path.suffix!r} images")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 @dataclass
