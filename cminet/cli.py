@@ -149,9 +149,8 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
 
     from pathlib import Path
 
-    from cminet.data import PAIR_TYPES, discover_pairs, list_pairs
-    from cminet.fusion import SAMPLES_DIR, fuse_files, fuse_folder
     from cminet.runtime.errors import ImageError
+    from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, discover_pairs, fuse_files, fuse_folder, list_pairs
 
     single = mri is not None or other is not None
     if sum([single, data is not None, samples]) != 1:

@@ -11,69 +11,15 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.folders import PAIR_TYPES, PairRef, discover_pairs, list_pairs
 from cminet.runtime.imaging import prepare_pair, read_image
 
-PAIR_TYPES = ("ct_mri", "pet_mri", "spect_mri")
-
-
-@dataclass(frozen=True)
-class PairRef:
-    """One co-registered pair on disk."""
-
-    root: Path
-    pair: str  # pair type, e.g. "pet_mri"
-    name: str  # file name, e.g. "25016.png"
-
-    @property
-    def mri_path(self) -> Path:
-        return self.root / self.pair / "mri" / self.name
-
-    @property
-    def other_path(self) -> Path:
-        return self.root / self.pair / "other" / self.name
-
-    @property
-    def case(self) -> str:
-        """Case id: the file-name prefix before the last three digits (slice number)."""
-        stem = Path(self.name).stem
-        return stem[:-3] if len(stem) > 3 and stem.isdigit() else stem
-
-
-def discover_pairs(root: str | Path) -> tuple[str, ...]:
-    """Pair-type folders under ``root`` (those holding both ``mri/`` and ``other/``)."""
-    root = Path(root)
-    found = tuple(sorted(d.name for d in root.iterdir() if (d / "mri").is_dir() and (d / "other").is_dir()))
-    if not found:
-        raise CMINetError(f"{root}: no <pair>/mri/ + <pair>/other/ folders found")
-    return found
-
-
-def list_pairs(root: str | Path, pairs: list[str] | tuple[str, ...], split: str) -> list[PairRef]:
-    """Pairs of ``split`` ("train" or "test") for each pair type, or every pair in the
-    folder when the split file is absent and ``split == "all"``."""
-    root = Path(root)
-    refs: list[PairRef] = []
-    for pair in pairs:
-        folder = root / pair
-        if not (folder / "mri").is_dir() or not (folder / "other").is_dir():
-            raise CMINetError(f"{folder}: expected {pair}/mri/ and {pair}/other/ folders")
-        if split == "all":
-            names = sorted(p.name for p in (folder / "mri").iterdir() if p.is_file())
-        else:
-            listing = folder / f"{split}.txt"
-            if not listing.is_file():
-                raise CMINetError(f"{listing}: no such split file (use --split all for every pair)")
-            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        refs += [PairRef(root, pair, name) for name in names]
-    return refs
-
+__all__ = ["PAIR_TYPES", "FusionPairs", "PairRef", "discover_pairs", "list_pairs", "load_pair", "split_validation"]
 
 def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     """Carve validation pairs out of the training pairs (never from the test split).

@@ -11,22 +11,21 @@ backend turns the same pixels into the same network inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cminet.checkpoint import load_checkpoint
 from cminet.model import CMINet
-from cminet.runtime.errors import CMINetError, ModelFileError
-from cminet.runtime.imaging import finish_output, prepare_pair, read_image, write_image
+from cminet.runtime.errors import ModelFileError
+from cminet.runtime.folders import SAMPLES_DIR, BatchReport, Fuses, fuse_files, fuse_folder
+from cminet.runtime.imaging import finish_output, prepare_pair
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_WEIGHTS = PACKAGE_DIR / "weights" / "cminet_default.safetensors"
-SAMPLES_DIR = PACKAGE_DIR / "samples"
+__all__ = ["DEFAULT_WEIGHTS", "SAMPLES_DIR", "BatchReport", "Fuses", "TorchFuser", "fuse_arrays", "fuse_files",
+           "fuse_folder", "load_pretrained"]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "cminet_default.safetensors"
 
 
 def load_pretrained(path: str | Path | None = None, device: str = "cpu") -> CMINet:
@@ -51,12 +50,6 @@ def fuse_arrays(model: CMINet, mri: np.ndarray, other: np.ndarray) -> np.ndarray
     return finish_output(fused, pair.chroma)
 
 
-class Fuses(Protocol):
-    """Anything that fuses two uint8 images: :class:`TorchFuser` or ``cminet.runtime.Fuser``."""
-
-    def fuse(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray: ...
-
-
 class TorchFuser:
     """The PyTorch model behind the same ``fuse(mri, other)`` call as the runtime's Fuser."""
 
@@ -67,32 +60,3 @@ class TorchFuser:
         return fuse_arrays(self.model, mri, other)
 
 
-def fuse_files(fuser: Fuses, mri_path: str | Path, other_path: str | Path, out_path: str | Path) -> np.ndarray:
-    """Read a pair, fuse it, write ``out_path`` atomically. Errors name the offending file."""
-    mri, other = read_image(mri_path), read_image(other_path)
-    try:
-        fused = fuser.fuse(mri, other)
-    except CMINetError as exc:
-        raise CMINetError(f"{mri_path} + {other_path}: {exc}") from None
-    write_image(out_path, fused)
-    return fused
-
-
-@dataclass
-class BatchReport:
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (pair, reason)
-
-
-def fuse_folder(fuser: Fuses, refs, out_dir: str | Path, progress: bool = True) -> BatchReport:
-    """Fuse every :class:`cminet.data.PairRef` into ``<out>/<pair>/<name>``; a bad pair is
-    recorded and skipped, never fatal."""
-    report = BatchReport()
-    for ref in tqdm(refs, desc="fusing", unit="pair", disable=not progress):
-        target = Path(out_dir) / ref.pair / Path(ref.name).with_suffix(".png").name
-        try:
-            fuse_files(fuser, ref.mri_path, ref.other_path, target)
-            report.written.append(target)
-        except (CMINetError, OSError) as exc:
-            report.failed.append((f"{ref.pair}/{ref.name}", str(exc)))
-    return report
