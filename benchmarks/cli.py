@@ -305,6 +305,15 @@ def main(weights, backends, sizes, batches, warmup, iters, quick, json_path, rec
     shares = ", ".join(f"{k}: {v:.1%}" for k, v in scaling["attention_flop_share"].items())
     click.echo(f"attention share of FLOPs: {shares}")
 
+    breakdown = {}
+    if any(r["backend"] == "ort-cpu" and r["precision"] == "fp32" for r in rows):
+        from .ort_profile import op_breakdown
+
+        h, w = size_list[0]
+        breakdown = op_breakdown(paths["fp32"], h, w, threads=threads)
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(breakdown.items())[:6])
+        click.echo(f"ort-cpu fp32 time by op type at {h}×{w} (ORT profiler): {top}")
+
     estimates = []
     for key in chosen_profiles:
         for (h, w), cost in costs.items():
@@ -320,7 +329,8 @@ def main(weights, backends, sizes, batches, warmup, iters, quick, json_path, rec
 
     report = {"machine": machine, "model": {k: v for k, v in paths.items() if k != "model"},
               "costs": [{"height": h, "width": w, **c} for (h, w), c in costs.items()],
-              "results": rows, "scaling": scaling, "estimates": estimates, "skipped": skipped}
+              "results": rows, "scaling": scaling, "ort_cpu_op_time_share": breakdown, "estimates": estimates,
+              "skipped": skipped}
     targets = [Path(json_path)] if json_path else []
     if record:
         targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}.json")
