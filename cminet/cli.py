@@ -86,9 +86,11 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--w-texture", default=100.0, show_default=True, help="Loss weight of the gradient (texture) term.")
 @click.option("--w-pixel", default=1.0, show_default=True, help="Loss weight of the pixel (MSE) term.")
 @click.option("--w-intensity", default=0.0, show_default=True, help="Loss weight of mean |f − max(a, b)|.")
+@click.option("--w-gradient", default=0.0, show_default=True,
+              help="Loss weight of mean |∇f − ∇(stronger-edged source)| (Sobel vectors).")
 @friendly_errors
 def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes,
-          w_ssim, w_texture, w_pixel, w_intensity) -> None:
+          w_ssim, w_texture, w_pixel, w_intensity, w_gradient) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -108,7 +110,8 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-                        init=Path(init) if init else None, loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity))
+                        init=Path(init) if init else None,
+                        loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:

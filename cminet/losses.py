@@ -6,6 +6,9 @@
   writes a norm; we take the mean absolute difference so the loss does not grow with the
   crop size.
 * L_PIX = mean((f − a)²) + mean((f − b)²).
+* L_GRAD = mean |∇f − ∇s| with ∇s, per pixel, the Sobel gradient *vector* of whichever
+  source has the stronger edge there (not in the paper; weight 0 by default). Unlike
+  L_TEX it also asks for the edge's direction, which is what Qabf scores.
 * L_INT = mean |f − max(a, b)| (not in the paper; weight 0 by default). L_PIX is smallest at
   the average of the sources, which dims whichever modality is bright (CT bone, PET
   uptake); L_INT pulls intensities toward the brighter source instead.
@@ -44,11 +47,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """Sobel x and y responses of N×1×H×W images (replicate padding) → N×2×H×W."""
+    kernel = torch.stack([_SOBEL_X, _SOBEL_X.T])[:, None].to(x)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
+
+
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     """|Sobel_x| + |Sobel_y| of N×1×H×W images (replicate padding, same size out)."""
-    kernel = torch.stack([_SOBEL_X, _SOBEL_X.T])[:, None].to(x)
-    grads = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
-    return grads.abs().sum(dim=1, keepdim=True)
+    return sobel(x).abs().sum(dim=1, keepdim=True)
 
 
 @dataclass
@@ -57,6 +64,7 @@ class LossWeights:
     texture: float = 100.0
     pixel: float = 1.0
     intensity: float = 0.0
+    gradient: float = 0.0
 
 
 class FusionLoss(torch.nn.Module):
@@ -72,7 +80,12 @@ class FusionLoss(torch.nn.Module):
         l_tex = (gradient_magnitude(f) - target_grad).abs().mean()
         l_pix = F.mse_loss(f, a) + F.mse_loss(f, b)
         l_int = (f - torch.maximum(a, b)).abs().mean()
+        ga, gb = sobel(a), sobel(b)
+        stronger = (ga.abs().sum(1, keepdim=True) >= gb.abs().sum(1, keepdim=True)).to(ga)
+        l_grad = (sobel(f) - (stronger * ga + (1 - stronger) * gb)).abs().mean()
         w = self.weights
-        total = w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix + w.intensity * l_int
-        terms = {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item(), "intensity": l_int.item()}
+        total = (w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix + w.intensity * l_int
+                 + w.gradient * l_grad)
+        terms = {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item(), "intensity": l_int.item(),
+                 "gradient": l_grad.item()}
         return total, terms

@@ -48,7 +48,7 @@ class TrainOptions:
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
 
-TERMS = ("loss", "ssim", "texture", "pixel", "intensity")
+TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient")
 CSV_FIELDS = ["epoch", "lr", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "seconds"]
 
 
