@@ -61,6 +61,11 @@ def available_backends() -> list[tuple[str, str]]:
 
 def prepare_models(weights: str | None, workdir: Path, need_engine: bool, engine: str | None) -> dict:
     """Export the FP32 and FP16 ONNX (cached by weights hash) and, if asked, the engine."""
+    import torch
+
+    # One thread here: idle OpenMP workers in this parent would spin and steal cores from
+    # the worker processes that do the timing.
+    torch.set_num_threads(1)
     from cminet.export.fp16 import convert_fp16
     from cminet.export.onnx_export import export_onnx
     from cminet.fusion import DEFAULT_WEIGHTS, load_pretrained
