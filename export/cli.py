@@ -51,11 +51,13 @@ def done(started: float, extra: str = "") -> None:
               help="Engine profile maximum N×H×W (sized for an 8 GB Jetson).")
 @click.option("--workspace", default=1024, show_default=True, type=click.IntRange(min=16), help="Workspace MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file, reused across builds.")
+@click.option("--slim/--no-slim", default=True, show_default=True,
+              help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @friendly_errors
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, no_verify, debug) -> None:
+         timing_cache, slim, no_verify, debug) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
@@ -79,15 +81,15 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
     model = load_pretrained(weights)
 
     t = step(f"exporting FP32 ONNX (opset {opset})")
-    fp32_path = export_onnx(model, out / "cminet.onnx", opset=opset)
+    fp32_path = export_onnx(model, out / "cminet.onnx", opset=opset, simplify=slim)
     done(t, f" → {fp32_path} ({fp32_path.stat().st_size / 1e6:.2f} MB)")
     fp16_path = None
     if fp16 or engine_mode == "yes":
         t = step(f"converting to FP16 ({io_dtype.upper()} I/O)")
-        fp16_path = convert_fp16(fp32_path, out / "cminet_fp16.onnx", io_dtype=io_dtype)
+        fp16_path = convert_fp16(fp32_path, out / "cminet_fp16.onnx", io_dtype=io_dtype, simplify=slim)
         done(t, f" → {fp16_path} ({fp16_path.stat().st_size / 1e6:.2f} MB)")
 
-    report: dict = {"weights": weights or "shipped", "opset": opset, "io_dtype": io_dtype,
+    report: dict = {"weights": weights or "shipped", "opset": opset, "io_dtype": io_dtype, "slim": slim,
                     "files": {"fp32": str(fp32_path), "fp16": str(fp16_path) if fp16_path else None}}
     failed = []
     if not no_verify:

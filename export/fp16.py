@@ -17,14 +17,18 @@ from onnx import TensorProto
 
 from cminet.runtime.files import atomic_output
 
-from .graph import compact_names
+from .graph import compact_names, slim
 
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceMax", "ReduceSum", "Pow", "Sqrt", "Div")
 IO_DTYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 
 
-def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_fp32: tuple[str, ...] = ()) -> Path:
-    """Write the FP16 version of ``src`` to ``dst`` (atomically); return ``dst``."""
+def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_fp32: tuple[str, ...] = (),
+                 simplify: bool = True) -> Path:
+    """Write the FP16 version of ``src`` to ``dst`` (atomically); return ``dst``.
+
+    ``simplify`` runs onnxslim afterwards, which removes the Cast pairs the converter leaves
+    back to back between two FP32-kept ops."""
     import warnings
 
     from onnxconverter_common import float16
@@ -43,6 +47,8 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
     fp16.ir_version = model.ir_version
     props = {p.key: p.value for p in model.metadata_props}
     onnx.helper.set_model_props(fp16, {**props, "cminet.precision": "fp16", "cminet.io_dtype": io_dtype})
+    if simplify:
+        fp16 = slim(fp16)
     compact_names(fp16)  # the converter adds a Cast pair with long names around every FP32 op
     wanted = IO_DTYPES[io_dtype]
     wrong = [v.name for v in (*fp16.graph.input, *fp16.graph.output) if v.type.tensor_type.elem_type != wanted]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
+from contextlib import redirect_stdout
 
 import onnx
+from onnx import numpy_helper
 
 
 def dedupe_initializers(model: onnx.ModelProto) -> int:
@@ -15,8 +18,9 @@ def dedupe_initializers(model: onnx.ModelProto) -> int:
     rename: dict[str, str] = {}
     keep = []
     for init in model.graph.initializer:
-        key = (init.data_type, tuple(init.dims), hashlib.sha256(init.SerializeToString(deterministic=True)
-                                                                .replace(init.name.encode(), b"")).hexdigest())
+        # The values, however stored (raw_data or a typed field); not the serialised proto,
+        # whose bytes include the name and its length.
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(numpy_helper.to_array(init).tobytes()).hexdigest())
         if key in seen:
             rename[init.name] = seen[key]
         else:
@@ -35,7 +39,8 @@ def dedupe_initializers(model: onnx.ModelProto) -> int:
 def compact_names(model: onnx.ModelProto) -> None:
     """Short node and intermediate tensor names (``Conv_12``, ``t345``). Exporters write
     long scoped names (``/branch_a/block/attn/Transpose_output_0``) that make up over a tenth
-    of this small model's file. Graph inputs, outputs and initializer (weight) names stay."""
+    of this small model's file. Graph inputs, outputs and initializer (weight) names stay;
+    per-node debug text and ``value_info`` are dropped."""
     graph = model.graph
     fixed = {v.name for v in (*graph.input, *graph.output)} | {i.name for i in graph.initializer}
     existing = {out for node in graph.node for out in node.output} | fixed
@@ -45,6 +50,7 @@ def compact_names(model: onnx.ModelProto) -> None:
     for index, node in enumerate(graph.node):
         node.name = f"{node.op_type}_{index}"
         node.doc_string = ""
+        del node.metadata_props[:]  # the dynamo exporter's FX trace per node: 0.8 MB of debug text
         for j, out in enumerate(node.output):
             if out and out not in fixed:
                 rename[out] = f"{prefix}{len(rename)}"
@@ -53,11 +59,10 @@ def compact_names(model: onnx.ModelProto) -> None:
         for j, name in enumerate(node.input):
             if name in rename:
                 node.input[j] = rename[name]
-    kept_info = [v for v in graph.value_info if v.name in rename]
-    for v in kept_info:
-        v.name = rename[v.name]
+    # Stored intermediate shapes go too: onnxslim and the dynamo exporter write one for every
+    # tensor (30 kB and 0.8 MB here, the latter with per-value metadata), and ONNX Runtime,
+    # TensorRT and Netron infer them again on load.
     del graph.value_info[:]
-    graph.value_info.extend(kept_info)
 
 
 def inline_identity_initializers(model: onnx.ModelProto) -> int:
@@ -82,3 +87,21 @@ def inline_identity_initializers(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(keep)
     return len(alias)
+
+
+def slim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim's constant folding and dead-node / redundant-Cast removal.
+
+    Measured on the shipped model (opset 17): the FP32 graph goes from 930 to 604 nodes (the
+    exporter's 239 Constant nodes and most Shape/Unsqueeze/Gather index arithmetic fold
+    away) with bit-identical outputs, and after FP16 conversion a second pass removes 55 of
+    the converter's 204 Casts (1130 → 753 nodes; outputs move by at most one FP16 step,
+    4.9e-4, where an FP32→FP16→FP32 round trip disappears). Files get 1–3 % smaller and ONNX
+    Runtime CPU latency is unchanged (it folds the same things itself on load); what it buys
+    is a graph TensorRT parses into fewer layers, and one a person can read in Netron."""
+    import onnxslim
+
+    with redirect_stdout(io.StringIO()):  # onnxslim prints a summary table we don't want in our report
+        slimmed = onnxslim.slim(model)
+    slimmed.ir_version = model.ir_version
+    return slimmed

@@ -6,7 +6,10 @@ each shared weight is stored once (the unrolled steps read the same initializer)
 
 Two exporters, chosen by opset:
 
-* opset ≥ 18: ``torch.onnx.export(dynamo=True)`` with ``torch.export.Dim`` shapes.
+* opset ≥ 18: ``torch.onnx.export(dynamo=True)`` with ``torch.export.Dim`` shapes. It
+  folds each Linear's transposed weight into a constant once per unrolled step (10
+  duplicate initializers for this model); :func:`~cminet.export.graph.dedupe_initializers`
+  merges them back into one.
 * opset 17 (the default, what TensorRT 8.6 / JetPack 5 and every TensorRT 10.x read): the
   TorchScript exporter. Measured reason: torch 2.13's dynamo exporter emits opset 18 at
   the lowest, and ``onnx.version_converter`` cannot lower it (``No Adapter To Version $17
@@ -25,7 +28,7 @@ import torch
 from cminet.model import CMINet
 from cminet.runtime.files import atomic_output
 
-from .graph import compact_names, dedupe_initializers, inline_identity_initializers
+from .graph import compact_names, dedupe_initializers, inline_identity_initializers, slim
 
 INPUT_NAMES = ("mri", "other")
 OUTPUT_NAME = "fused"
@@ -35,8 +38,10 @@ DYNAMO_MIN_OPSET = 18
 MAX_IR_VERSION = 9
 
 
-def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``model`` as FP32 ONNX at ``path`` (atomically) and return the path."""
+def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, simplify: bool = True) -> Path:
+    """Write ``model`` as FP32 ONNX at ``path`` (atomically) and return the path.
+
+    ``simplify`` runs onnxslim over the graph (see :func:`cminet.export.graph.slim`)."""
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
     path = Path(path)
@@ -57,6 +62,8 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET) -> 
         proto = onnx.load(tmp)
         dedupe_initializers(proto)
         inline_identity_initializers(proto)
+        if simplify:
+            proto = slim(proto)
         compact_names(proto)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         proto.producer_name, proto.doc_string = "cminet", "CMINet cross-modality medical image fusion"

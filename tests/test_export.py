@@ -15,7 +15,7 @@ from cminet.export.graph import compact_names, dedupe_initializers
 from cminet.export.onnx_export import export_onnx
 from cminet.export.tensorrt_build import tensorrt_status
 from cminet.export.verify import check_tensorrt_ops
-from cminet.model import CMINet, CMINetConfig
+from cminet.model import CMINet, CMINetConfig, count_parameters
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_targets_from_the_report(exported):
     assert checks["FP16 vs FP32"]["min_psnr_db"] >= 40
     sizes = checks["weights stored once, file sizes"]
     assert sizes["fp32_ratio_to_4x_params"] <= 1.15 and sizes["fp16_ratio_to_fp32"] <= 0.6
-    # Every shared weight once (fewer is fine: the exporter folds identical constants, such as
-    # the all-zero GADN γ of an untrained model, into one).
-    assert sizes["float_values_stored"] <= sizes["parameters"]
+    # Every shared weight once. The slack is for the scalars onnxslim folds into initializers
+    # (attention scale, GELU's 1/√2, GADN's ε: 7 floats); one duplicated weight is far larger.
+    assert sizes["float_values_stored"] <= sizes["parameters"] + 16
 
 
 @pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT and a GPU are present here")
@@ -103,6 +103,18 @@ def test_fp16_io_dtype_flag(exported, tmp_path):
     assert session.run(None, {"mri": x, "other": x})[0].dtype == np.float16
 
 
+def test_slim_shrinks_the_graph_and_keeps_the_outputs(exported, model, tmp_path):
+    out, _ = exported
+    plain = export_onnx(model, tmp_path / "plain.onnx", simplify=False)
+    slim_nodes, plain_nodes = (len(onnx.load(str(p)).graph.node) for p in (out / "cminet.onnx", plain))
+    assert slim_nodes < 0.8 * plain_nodes, (slim_nodes, plain_nodes)
+    assert not any(n.op_type == "Constant" for n in onnx.load(str(out / "cminet.onnx")).graph.node)
+    a, b = np.random.rand(1, 1, 48, 80).astype(np.float32), np.random.rand(1, 1, 48, 80).astype(np.float32)
+    slim_out, plain_out = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                           .run(None, {"mri": a, "other": b})[0] for p in (out / "cminet.onnx", plain))
+    np.testing.assert_allclose(slim_out, plain_out, atol=1e-6)
+
+
 def _graph(nodes, inits):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
@@ -111,9 +123,10 @@ def _graph(nodes, inits):
 
 def test_dedupe_and_compact_names_keep_behaviour():
     w1 = helper.make_tensor("w1", TensorProto.FLOAT, [2], [1.0, 2.0])
-    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [2], [1.0, 2.0])  # same values, other name
+    # Same values under a longer name, stored the other way (raw bytes, not float_data).
+    w2 = helper.make_tensor("w2_copy", TensorProto.FLOAT, [2], np.array([1.0, 2.0], np.float32).tobytes(), raw=True)
     nodes = [helper.make_node("Add", ["x", "w1"], ["/long/scoped/name_output_0"]),
-             helper.make_node("Mul", ["/long/scoped/name_output_0", "w2"], ["y"])]
+             helper.make_node("Mul", ["/long/scoped/name_output_0", "w2_copy"], ["y"])]
     model = _graph(nodes, [w1, w2])
     x = np.array([3.0, 4.0], np.float32)
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
@@ -138,6 +151,9 @@ def test_dynamo_exporter_at_opset_18(model, tmp_path):
     path = export_onnx(model, tmp_path / "m18.onnx", opset=18)
     proto = onnx.load(str(path))
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    # The exporter folds a transposed copy of each attention/MLP weight per unrolled step.
+    stored = sum(int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT)
+    assert stored <= count_parameters(model) + 16
     a, b = np.random.rand(2, 1, 40, 72).astype(np.float32), np.random.rand(2, 1, 40, 72).astype(np.float32)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"mri": a, "other": b})[0]
     with torch.no_grad():
