@@ -9,6 +9,10 @@ in 10.x. Only ``*_v2``-era APIs are used (``build_serialized_network``,
 
 Metadata goes to a JSON sidecar beside the engine (``cminet_fp16.engine.json``), never
 prepended to the engine bytes, so ``trtexec --loadEngine`` still reads the file.
+
+This module needs no PyTorch, so on a device that only has the runtime and TensorRT:
+
+    python -m cminet.export.tensorrt_build cminet_fp16.onnx cminet_fp16.engine --max-shape 1x1024x1024
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cminet.runtime.backends.tensorrt import INPUTS as INPUT_NAMES  # torch-free: usable on a Jetson
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import write_bytes_atomic
-
-from .onnx_export import INPUT_NAMES
 
 # N×H×W. Defaults sized for a Jetson Orin Nano 8 GB: up to 1024² single images.
 DEFAULT_MIN_SHAPE = (1, 16, 16)
@@ -143,3 +146,36 @@ def count_fp16_layers(trt, logger, serialized) -> tuple[int, int]:
         if "Half" in text or "FP16" in text or "kHALF" in text:
             fp16 += 1
     return fp16, len(layers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build an engine from an FP16 ONNX file already on the device (no PyTorch needed)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cminet.export.tensorrt_build", description=main.__doc__)
+    parser.add_argument("onnx", type=Path, help="cminet_fp16.onnx written by cminet-export --fp16")
+    parser.add_argument("engine", type=Path, help="where to write the engine (its .json sidecar goes beside it)")
+    for flag, default in (("--min-shape", DEFAULT_MIN_SHAPE), ("--opt-shape", DEFAULT_OPT_SHAPE),
+                          ("--max-shape", DEFAULT_MAX_SHAPE)):
+        parser.add_argument(flag, default="x".join(map(str, default)), help="N×H×W (default %(default)s)")
+    parser.add_argument("--workspace", type=int, default=1024, help="workspace MiB (default %(default)s)")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file, reused across builds")
+    args = parser.parse_args(argv)
+    try:
+        shapes = [tuple(int(v) for v in text.lower().split("x")) for text in (args.min_shape, args.opt_shape,
+                                                                             args.max_shape)]
+        if not args.onnx.is_file():
+            raise CMINetError(f"{args.onnx}: no such file")
+        build = build_engine(args.onnx, args.engine, *shapes, workspace_mib=args.workspace,
+                             timing_cache=args.timing_cache)
+    except (CMINetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {build.engine} ({build.fp16_layers}/{build.total_layers} layers FP16, "
+          f"{build.build_seconds:.1f} s) and {build.sidecar}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

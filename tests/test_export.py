@@ -69,6 +69,21 @@ def test_engine_yes_without_tensorrt_fails_in_one_line(model, tmp_path):
     assert (tmp_path / "o/cminet_fp16.onnx").is_file()  # the ONNX files are still there
 
 
+@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT and a GPU are present here")
+def test_device_engine_builder_needs_no_torch_and_explains_itself(exported):
+    import subprocess
+    import sys
+
+    out, _ = exported
+    code = ("import sys; from cminet.export.tensorrt_build import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "cminet_fp16.onnx"), str(out / "x.engine")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().startswith("error: TensorRT is not installed") and "Traceback" not in proc.stderr
+    assert not (out / "x.engine").exists()
+
+
 def test_dynamic_shapes_and_batch(exported, model):
     out, _ = exported
     session = ort.InferenceSession(str(out / "cminet.onnx"), providers=["CPUExecutionProvider"])
