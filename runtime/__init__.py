@@ -3,10 +3,27 @@ or TensorRT + cuda-python / pycuda). Importing it never imports PyTorch.
 
     from cminet.runtime import Fuser
     fused = Fuser("cminet.onnx").fuse(mri, pet)
+
+Names are resolved on first use, so ``import cminet.runtime`` itself is cheap.
 """
 
-from .backends.base import BackendUnavailable
-from .errors import CMINetError, ImageError, ModelFileError
-from .fuser import BACKENDS, Fuser
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "BackendUnavailable", "CMINetError", "Fuser", "ImageError", "ModelFileError"]
+import importlib
+
+_LAZY = {
+    "BACKENDS": ".fuser",
+    "Fuser": ".fuser",
+    "BackendUnavailable": ".backends.base",
+    "CMINetError": ".errors",
+    "ImageError": ".errors",
+    "ModelFileError": ".errors",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'cminet.runtime' has no attribute {name!r}")
