@@ -82,15 +82,22 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop cleanly after this much wall time.")
+@click.option("--reset-head", is_flag=True,
+              help="With --init: zero the output correction so the run starts from the max rule, "
+                   "keeping the initial weights' features.")
 @click.option("--w-ssim", default=10.0, show_default=True, help="Loss weight of 1 − SSIM(f, max(a, b)).")
 @click.option("--w-texture", default=100.0, show_default=True, help="Loss weight of the gradient (texture) term.")
 @click.option("--w-pixel", default=1.0, show_default=True, help="Loss weight of the pixel (MSE) term.")
 @click.option("--w-intensity", default=0.0, show_default=True, help="Loss weight of mean |f − max(a, b)|.")
 @click.option("--w-gradient", default=0.0, show_default=True,
               help="Loss weight of mean |∇f − ∇(stronger-edged source)| (Sobel vectors).")
+@click.option("--w-vif", default=0.0, show_default=True,
+              help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
+@click.option("--w-qabf", default=0.0, show_default=True,
+              help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
 @friendly_errors
-def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient) -> None:
+def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
+          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -104,14 +111,17 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
 
+    if reset_head and not init:
+        raise click.BadParameter("--reset-head needs --init (the weights whose features to keep)",
+                                 param_hint="--reset-head")
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     unknown = [p for p in chosen if p not in PAIR_TYPES and not (Path(data) / p).is_dir()]
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-                        init=Path(init) if init else None,
-                        loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient))
+                        init=Path(init) if init else None, reset_head=reset_head,
+                        loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:

@@ -12,12 +12,21 @@
 * L_INT = mean |f − max(a, b)| (not in the paper; weight 0 by default). L_PIX is smallest at
   the average of the sources, which dims whichever modality is bright (CT bone, PET
   uptake); L_INT pulls intensities toward the brighter source instead.
+* L_VIF = 2 − VIF(a, f) − VIF(b, f), with :func:`vif` the differentiable twin of the
+  evaluation metric (multi-scale pixel-domain VIF of Sheikh & Bovik; not in the paper;
+  weight 0 by default). It asks f to carry each source's local structure *linearly*: the
+  texture term alone let the network paint MRI detail over the CT/PET structure, which
+  the VIF and MI of the other source measure as lost information.
+* L_QABF = 1 − Qabf(a, b, f), with :func:`qabf` the differentiable twin of the Xydeas–Petrović
+  edge-transfer metric (not in the paper; weight 0 by default): it keeps each source's
+  edges at their own strength and orientation while L_VIF pulls towards the sources.
 
 Default weights are the paper's: 10, 100, 1 (and 0 for L_INT). Images are in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +67,126 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return sobel(x).abs().sum(dim=1, keepdim=True)
 
 
+def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _blur_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter, 'valid' region (MATLAB ``filter2(win, x, 'valid')``)."""
+    g = g.to(x)
+    x = F.conv2d(x, g.view(1, 1, 1, -1))
+    return F.conv2d(x, g.view(1, 1, -1, 1))
+
+
+def vif_terms(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float = 2.0, eps: float = 1e-10):
+    """Per-image numerator and denominator of the multi-scale pixel-domain VIF.
+
+    The same computation as :func:`cminet.metrics.vif_pixel` (a port of Sheikh & Bovik's
+    ``vifp_mscale.m``), written in torch so it can be a loss. ``ref`` and ``dist`` are
+    N×1×H×W on the 0–255 scale. Scales the image has become too small for add nothing, as
+    in the reference (whose 'valid' filters return empty maps there); all four scales need
+    H, W ≥ 41. VIF = num / den; returns ``(num, den)`` of shape N so crops can be pooled.
+    """
+    num = den = ref.new_zeros(ref.shape[0])
+    for scale in range(1, 5):
+        n = 2 ** (4 - scale + 1) + 1
+        g = _gaussian_1d(n, n / 5.0)
+        if scale > 1:
+            if min(ref.shape[-2:]) < n:
+                break
+            ref = _blur_valid(ref, g)[..., ::2, ::2]
+            dist = _blur_valid(dist, g)[..., ::2, ::2]
+        if min(ref.shape[-2:]) < n:
+            break
+        mu1, mu2 = _blur_valid(ref, g), _blur_valid(dist, g)
+        s1 = (_blur_valid(ref * ref, g) - mu1 * mu1).clamp(min=0)
+        s2 = (_blur_valid(dist * dist, g) - mu2 * mu2).clamp(min=0)
+        s12 = _blur_valid(ref * dist, g) - mu1 * mu2
+        # The reference's special cases, in its order: flat reference, flat distorted image,
+        # negative gain. torch.where keeps gradients finite on the masked branches.
+        low1, low2 = s1 < eps, s2 < eps
+        gain = s12 / (s1 + eps)
+        sv = s2 - gain * s12
+        gain = torch.where(low1 | low2, torch.zeros_like(gain), gain)
+        sv = torch.where(low1, s2, sv)
+        s1 = torch.where(low1, torch.zeros_like(s1), s1)
+        sv = torch.where(low2, torch.zeros_like(sv), sv)
+        negative = gain < 0
+        sv = torch.where(negative, s2, sv)
+        gain = torch.where(negative, torch.zeros_like(gain), gain)
+        sv = sv.clamp(min=eps)
+        num = num + torch.log10(1 + gain * gain * s1 / (sv + sigma_nsq)).sum(dim=(1, 2, 3))
+        den = den + torch.log10(1 + s1 / sigma_nsq).sum(dim=(1, 2, 3))
+    return num, den
+
+
+def vif(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float = 2.0) -> torch.Tensor:
+    """VIF of each image of a batch of N×1×H×W images in [0, 1] (the metric's 0–255 scale
+    is applied inside). Matches :func:`cminet.metrics.vif_pixel`."""
+    num, den = vif_terms(ref * 255.0, dist * 255.0, sigma_nsq)
+    return torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
+
+
+def crop_vif(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float = 2.0, min_share: float = 0.05) -> torch.Tensor:
+    """Mean VIF over a batch of crops, each crop scored on its own as the evaluation scores
+    each image. Crops with almost no structure (VIF denominator below ``min_share`` of the
+    batch mean: flat background) carry no information to keep and are left out; pooling
+    all crops into one ratio instead lets the high-contrast pair types drown out the rest."""
+    num, den = vif_terms(ref * 255.0, dist * 255.0, sigma_nsq, eps=1e-6)
+    keep = den > min_share * den.mean()
+    if not keep.any():
+        return num.sum() * 0.0
+    return (num[keep] / den[keep]).mean()
+
+
+_SOBEL_ZERO_PAD = torch.tensor([[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],   # x
+                                [[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]]])  # y
+
+
+def _edge_strength_and_angle(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel strength and orientation as the metric computes them (zero padding, cross-
+    correlation like OpenCV's filter2D, angle = atan(gy / gx) with π/2 where gx = 0)."""
+    g = F.conv2d(x, _SOBEL_ZERO_PAD[:, None].to(x), padding=1)
+    gx, gy = g[:, :1], g[:, 1:]
+    strength = torch.sqrt(gx * gx + gy * gy + eps)
+    flat = gx == 0
+    angle = torch.where(flat, torch.full_like(gx, math.pi / 2), torch.atan(gy / torch.where(flat, 1.0, gx)))
+    return strength, angle
+
+
+def _edge_preservation(g_src, a_src, g_f, a_f):
+    rel = torch.minimum(g_src, g_f) / torch.maximum(g_src, g_f)  # the metric's two-sided ratio
+    orient = 1 - (a_src - a_f).abs() / (math.pi / 2)
+    q_g = 0.9994 / (1 + torch.exp(-15.0 * (rel - 0.5)))
+    q_a = 0.9879 / (1 + torch.exp(-22.0 * (orient - 0.8)))
+    return q_g * q_a
+
+
+def qabf_terms(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, eps: float = 1e-12):
+    """Per-image numerator and denominator of Xydeas–Petrović Q^{AB/F} (L = 1), the same
+    computation as :func:`cminet.metrics.qabf` in torch. Inputs N×1×H×W on one scale."""
+    ga, aa = _edge_strength_and_angle(a, eps)
+    gb, ab = _edge_strength_and_angle(b, eps)
+    gf, af = _edge_strength_and_angle(f, eps)
+    num = (_edge_preservation(ga, aa, gf, af) * ga + _edge_preservation(gb, ab, gf, af) * gb).sum(dim=(1, 2, 3))
+    return num, (ga + gb).sum(dim=(1, 2, 3))
+
+
+def qabf(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Qabf of each image of a batch (images in [0, 1]; the 0–255 scale is applied inside,
+    since the metric's strengths are on that scale). Matches :func:`cminet.metrics.qabf`."""
+    num, den = qabf_terms(a * 255.0, b * 255.0, f * 255.0)
+    return num / den.clamp(min=1e-12)
+
+
+def pooled_qabf(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """One Qabf for a batch of crops (Σ num / Σ den), so edge-free crops weigh nothing."""
+    num, den = qabf_terms(a * 255.0, b * 255.0, f * 255.0, eps=1e-6)
+    return num.sum() / den.sum().clamp(min=1e-6)
+
+
 @dataclass
 class LossWeights:
     ssim: float = 10.0
@@ -65,6 +194,8 @@ class LossWeights:
     pixel: float = 1.0
     intensity: float = 0.0
     gradient: float = 0.0
+    vif: float = 0.0
+    qabf: float = 0.0
 
 
 class FusionLoss(torch.nn.Module):
@@ -87,5 +218,13 @@ class FusionLoss(torch.nn.Module):
         total = (w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix + w.intensity * l_int
                  + w.gradient * l_grad)
         terms = {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item(), "intensity": l_int.item(),
-                 "gradient": l_grad.item()}
+                 "gradient": l_grad.item(), "vif": float("nan"), "qabf": float("nan")}
+        if w.vif:  # the most expensive term: computed only when it counts
+            l_vif = 2.0 - crop_vif(a, f) - crop_vif(b, f)
+            total = total + w.vif * l_vif
+            terms["vif"] = l_vif.item()
+        if w.qabf:
+            l_qabf = 1.0 - pooled_qabf(a, b, f)
+            total = total + w.qabf * l_qabf
+            terms["qabf"] = l_qabf.item()
         return total, terms

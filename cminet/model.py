@@ -298,8 +298,15 @@ class CMINet(nn.Module):
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(cfg.negative_slope), nn.Conv2d(c, 1, 3, padding=1)
         )
         if cfg.output == "max-residual":  # start as the max rule; training learns what to add
-            nn.init.zeros_(self.tail[-1].weight)
-            nn.init.zeros_(self.tail[-1].bias)
+            self.zero_correction()
+
+    def zero_correction(self) -> None:
+        """Zero the tail's last convolution: a max-residual model then outputs exactly the
+        max rule while keeping every learned feature (a restart point for fine-tuning)."""
+        if self.config.output != "max-residual":
+            raise ValueError("zero_correction needs a max-residual model (config.output)")
+        nn.init.zeros_(self.tail[-1].weight)
+        nn.init.zeros_(self.tail[-1].bias)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         h, w = a.shape[-2:]

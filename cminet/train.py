@@ -44,11 +44,13 @@ class TrainOptions:
     resume: bool = False
     max_minutes: float | None = None  # stop cleanly after this much wall time
     init: Path | None = None  # start from these weights (fine-tuning)
+    reset_head: bool = False  # with init: zero the output correction (start from the max rule)
     loss: LossWeights = field(default_factory=LossWeights)
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
 
-TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient")
+# vif and qabf are nan when unweighted (not computed)
+TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient", "vif", "qabf")
 CSV_FIELDS = ["epoch", "lr", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "seconds"]
 
 
@@ -99,6 +101,8 @@ def train(opts: TrainOptions) -> dict:
     model = CMINet(opts.model)
     if opts.init:
         model = load_checkpoint(opts.init)
+        if opts.reset_head:
+            model.zero_correction()
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     criterion = FusionLoss(opts.loss)

@@ -22,9 +22,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and writers that recreate the file (safetensors) keep that:
+        # give the finished file normal permissions just before it takes its name.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from cminet.data import PairRef, list_pairs, split_validation
-from cminet.losses import FusionLoss, LossWeights, gradient_magnitude, ssim
+from cminet.losses import FusionLoss, LossWeights, crop_vif, gradient_magnitude, qabf, ssim, vif
+from cminet.metrics import qabf as qabf_metric
+from cminet.metrics import vif_pixel
 from cminet.runtime.imaging import finish_output, prepare_pair, rgb_to_ycbcr, ycbcr_to_rgb
 
 from .helpers import write_dataset
@@ -45,6 +47,50 @@ def test_loss_terms_on_hand_made_images():
     weights = LossWeights(ssim=0, texture=0, pixel=2)
     assert FusionLoss(weights)(f, a, b)[0].item() == pytest.approx(1.0)
     assert total.item() == pytest.approx(10 * terms["ssim"] + 100 * terms["texture"] + terms["pixel"], rel=1e-5)
+
+
+def test_vif_loss_matches_the_evaluation_metric():
+    # The training term must score what `cminet evaluate` scores: same windows, scales and
+    # special cases as metrics.vif_pixel (the vifp_mscale port), on a structured image.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:72, :80]
+    a = 0.5 + 0.3 * np.sin(xx / 4.0) * np.cos(yy / 6.0)
+    b = np.where(np.hypot(yy - 36, xx - 40) < 25, 0.8, 0.1) + 0.02 * rng.standard_normal((72, 80))
+    a[:20, :20] = 0.3  # a flat corner exercises the flat-reference branch
+    f = np.clip(0.6 * np.maximum(a, b) + 0.4 * a + 0.03 * rng.standard_normal(a.shape), 0, 1)
+    to_t = lambda x: torch.from_numpy(x)[None, None]  # noqa: E731
+    for src in (a, b):
+        expected = vif_pixel(src * 255, f * 255)
+        assert vif(to_t(src), to_t(f)).item() == pytest.approx(expected, rel=1e-6)
+    # Identity keeps all information; noise destroys some; a pooled batch of one is the VIF.
+    assert vif(to_t(a), to_t(a)).item() == pytest.approx(1.0, rel=1e-9)
+    assert vif(to_t(a), to_t(f)).item() < 0.9
+    assert crop_vif(to_t(a).float(), to_t(f).float()).item() == pytest.approx(vif_pixel(a * 255, f * 255), rel=1e-3)
+
+
+def test_qabf_loss_matches_the_evaluation_metric():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:48, :56]
+    a = np.where(xx > 20, 0.8, 0.2) + 0.1 * np.sin(yy / 3.0)
+    b = np.where(np.hypot(yy - 24, xx - 28) < 15, 0.9, 0.0)
+    b[:, :10] = 0.0  # flat strip: zero strength in both b and (partly) f
+    to_t = lambda x: torch.from_numpy(x)[None, None]  # noqa: E731
+    for f in (np.maximum(a, b), (a + b) / 2, np.clip(a + 0.05 * rng.standard_normal(a.shape), 0, 1)):
+        expected = qabf_metric(a * 255, b * 255, f * 255)
+        assert qabf(to_t(a), to_t(b), to_t(f)).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("term", ["vif", "qabf"])
+def test_metric_terms_have_gradients_and_only_count_when_weighted(term):
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 1, 48, 48), torch.rand(2, 1, 48, 48)
+    f = (0.5 * (a + b)).requires_grad_()
+    _, terms = FusionLoss()(f, a, b)
+    assert np.isnan(terms[term])  # not computed at weight 0
+    total, terms = FusionLoss(LossWeights(ssim=0, texture=0, pixel=0, **{term: 1.0}))(f, a, b)
+    assert total.item() == pytest.approx(terms[term]) and 0 < terms[term] < 2
+    total.backward()
+    assert torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
 
 
 def test_ycbcr_round_trip_within_one_grey_level():

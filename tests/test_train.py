@@ -1,4 +1,5 @@
 import csv
+import os
 
 import pytest
 import torch
@@ -55,6 +56,10 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(model.eval()(a, a), again(a, a))
     assert set(load_file(str(path))) == set(model.state_dict())
+    # Atomic writes end with normal permissions (safetensors recreates the temp file 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_train_cli_rejects_unknown_pairs(tmp_path):
@@ -62,3 +67,36 @@ def test_train_cli_rejects_unknown_pairs(tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(root), "--pairs", "xray_mri", "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "unknown pair type" in result.output
+
+
+def test_cli_fine_tune_with_metric_terms_from_the_max_rule(tmp_path):
+    root = write_dataset(tmp_path / "data", n=6, size=48)
+    init = save_checkpoint(CMINet(TINY), tmp_path / "init.safetensors")
+    with torch.no_grad():  # give the initial model a non-zero correction to reset
+        model = load_checkpoint(init)
+        model.tail[-1].bias.fill_(0.3)
+    save_checkpoint(model, init)
+    out = tmp_path / "ft"
+    args = ["train", "--data", str(root), "--pairs", "ct_mri", "--out", str(out), "--epochs", "1", "--batch-size", "2",
+            "--crop", "48", "--init", str(init), "--reset-head", "--w-vif", "5", "--w-qabf", "5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader((out / "log.csv").open()))
+    for term in ("vif", "qabf"):  # computed (finite, in range) because they were weighted
+        assert 0.0 < float(row[f"train_{term}"]) < 2.0
+    # --reset-head without --init is refused with a clear message.
+    result = CliRunner().invoke(main, ["train", "--data", str(root), "--out", str(out), "--reset-head"])
+    assert result.exit_code != 0 and "--reset-head needs --init" in result.output
+
+
+def test_zero_correction_is_the_max_rule():
+    torch.manual_seed(0)
+    model = CMINet(TINY)
+    with torch.no_grad():
+        model.tail[-1].bias.fill_(0.2)
+        a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+        assert not torch.equal(model(a, b), torch.maximum(a, b))
+        model.zero_correction()
+        assert torch.equal(model(a, b), torch.maximum(a, b))
+    with pytest.raises(ValueError, match="max-residual"):
+        CMINet(CMINetConfig(channels=8, embed_dim=16, num_heads=2, growth=4, output="sigmoid")).zero_correction()
