@@ -3,7 +3,8 @@
 All functions take float arrays in the 0–255 range, one shape, grey or the Y channel.
 :func:`evaluate` returns the nine numbers tables print: EN, SD, SF, AG, MI, SCD, VIF, Qabf,
 SSIM. Each docstring names the formula's source. numpy + OpenCV only (no torch), and
-vectorised: all nine for one 256×256 triple take a few tens of milliseconds.
+vectorised (separable Gaussian filters): all nine for one 256×256 triple take about 60 ms
+on a 2-core CPU.
 """
 
 from __future__ import annotations
