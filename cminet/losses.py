@@ -33,10 +33,15 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def gaussian_1d(size: int, sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian (float64); the 2-D window is its outer product."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    g = gaussian_1d(size, sigma).float()
     return (g[:, None] * g[None, :])[None, None]  # 1×1×size×size
 
 
@@ -67,12 +72,6 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return sobel(x).abs().sum(dim=1, keepdim=True)
 
 
-def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 def _blur_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian filter, 'valid' region (MATLAB ``filter2(win, x, 'valid')``)."""
     g = g.to(x)
@@ -92,7 +91,7 @@ def vif_terms(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float = 2.0, eps
     num = den = ref.new_zeros(ref.shape[0])
     for scale in range(1, 5):
         n = 2 ** (4 - scale + 1) + 1
-        g = _gaussian_1d(n, n / 5.0)
+        g = gaussian_1d(n, n / 5.0)
         if scale > 1:
             if min(ref.shape[-2:]) < n:
                 break
@@ -141,14 +140,14 @@ def crop_vif(ref: torch.Tensor, dist: torch.Tensor, sigma_nsq: float = 2.0, min_
     return (num[keep] / den[keep]).mean()
 
 
-_SOBEL_ZERO_PAD = torch.tensor([[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],   # x
-                                [[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]]])  # y
+# The metric's Sobel pair: x as above, y pointing up (rows top to bottom: +1 +2 +1 … −1 −2 −1).
+_SOBEL_METRIC = torch.stack([_SOBEL_X, -_SOBEL_X.T])
 
 
 def _edge_strength_and_angle(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel strength and orientation as the metric computes them (zero padding, cross-
     correlation like OpenCV's filter2D, angle = atan(gy / gx) with π/2 where gx = 0)."""
-    g = F.conv2d(x, _SOBEL_ZERO_PAD[:, None].to(x), padding=1)
+    g = F.conv2d(x, _SOBEL_METRIC[:, None].to(x), padding=1)  # zero padding
     gx, gy = g[:, :1], g[:, 1:]
     strength = torch.sqrt(gx * gx + gy * gy + eps)
     flat = gx == 0
