@@ -21,7 +21,8 @@
   edge-transfer metric (not in the paper; weight 0 by default): it keeps each source's
   edges at their own strength and orientation while L_VIF pulls towards the sources.
 
-Default weights are the paper's: 10, 100, 1 (and 0 for L_INT). Images are in [0, 1].
+Default weights are the paper's: 10, 100, 1 (and 0 for L_INT, L_GRAD, L_VIF, L_QABF). Images
+are in [0, 1].
 """
 
 from __future__ import annotations

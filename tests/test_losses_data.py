@@ -62,7 +62,7 @@ def test_vif_loss_matches_the_evaluation_metric():
     for src in (a, b):
         expected = vif_pixel(src * 255, f * 255)
         assert vif(to_t(src), to_t(f)).item() == pytest.approx(expected, rel=1e-6)
-    # Identity keeps all information; noise destroys some; a pooled batch of one is the VIF.
+    # Identity keeps all information; noise destroys some; a batch of one crop is the VIF.
     assert vif(to_t(a), to_t(a)).item() == pytest.approx(1.0, rel=1e-9)
     assert vif(to_t(a), to_t(f)).item() < 0.9
     assert crop_vif(to_t(a).float(), to_t(f).float()).item() == pytest.approx(vif_pixel(a * 255, f * 255), rel=1e-3)
