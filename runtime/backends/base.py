@@ -1,11 +1,22 @@
-"""The interface every inference backend implements (Polygraphy-style runners)."""
+"""The one interface every inference backend implements (Polygraphy's runners), and the
+registry that opens them by name.
+
+A backend takes N×1×H×W arrays of its ``input_dtype`` and returns float32 N×1×H×W, with
+all device work finished (synchronised) before ``run`` returns. ONNX Runtime and TensorRT
+live in :mod:`cminet.runtime.backends`; the PyTorch reference lives on the torch side
+(:mod:`cminet.torch_backend`) and is opened through the same registry, by its import path
+in :data:`cminet.runtime.contract.BACKENDS`, so the runtime itself never imports torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
+from ..contract import BACKENDS, ShapeProfile, backend_spec
 from ..errors import CMINetError
 
 
@@ -13,26 +24,9 @@ class BackendUnavailable(CMINetError):
     """The requested backend cannot run here (missing package, provider or GPU)."""
 
 
-@dataclass(frozen=True)
-class ShapeProfile:
-    """Allowed N×H×W range (inclusive). ``None`` bounds mean unlimited."""
-
-    min: tuple[int, int, int] = (1, 16, 16)
-    max: tuple[int, int, int] | None = None
-
-    def check(self, shape: tuple[int, ...]) -> None:
-        n, _, h, w = shape
-        lo_ok = n >= self.min[0] and h >= self.min[1] and w >= self.min[2]
-        hi_ok = self.max is None or (n <= self.max[0] and h <= self.max[1] and w <= self.max[2])
-        if not (lo_ok and hi_ok):
-            top = "∞" if self.max is None else "×".join(map(str, self.max))
-            raise CMINetError(f"input N×H×W {n}×{h}×{w} is outside the model's profile "
-                              f"{'×'.join(map(str, self.min))} … {top}")
-
-
 class Backend:
-    """Runs the fusion network: ``run(mri, other)`` on N×1×H×W arrays of ``input_dtype``,
-    returns float32 N×1×H×W."""
+    """Runs the fusion network. Subclasses set ``name``, ``precision``, ``input_dtype`` and
+    ``profile`` in ``__init__(path, name, **options)``."""
 
     name = "abstract"
     precision = "fp32"
@@ -43,7 +37,37 @@ class Backend:
         raise NotImplementedError
 
     def info(self) -> dict:
+        """Versions, providers, devices: what a bug report needs."""
         return {}
+
+    def gpu_memory_mb(self) -> float | None:
+        """GPU memory this backend holds for its model and buffers (None on the CPU). Each
+        backend reports the same quantity: memory allocated on the device by this process
+        for the model (weights, activations / engine device memory, I/O buffers), not
+        the whole device's use."""
+        return None
 
     def close(self) -> None:
         pass
+
+
+def missing_requirement(name: str) -> str | None:
+    """The first module backend ``name`` needs that is not installed, else None."""
+    for module in backend_spec(name).requires:
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            return module
+    return None
+
+
+def open_backend(name: str, path: str | Path, **options) -> Backend:
+    """Open backend ``name`` on ``path``; a missing package is one line saying what to install."""
+    spec = backend_spec(name)
+    missing = missing_requirement(name)
+    if missing:
+        raise BackendUnavailable(f"{name}: the {missing} package is not installed ({spec.install})")
+    module_name, _, class_name = spec.opener.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(Path(path), name, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "ShapeProfile", "missing_requirement", "open_backend"]
