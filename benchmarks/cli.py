@@ -22,7 +22,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _fmt(value, spec: str, width: int) -> str:
-    return f"{value:>{width}{spec}}" if value is not None else f"{'-':>{width}}"
+    return f"{value:{spec}}".rjust(width) if value is not None else "-".rjust(width)
 
 
 def print_table(rows: list[dict]) -> None:

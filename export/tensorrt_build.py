@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cminet.runtime.backends.tensorrt import INPUTS as INPUT_NAMES  # torch-free: usable on a Jetson
+from cminet.runtime.contract import INPUT_NAMES, SIDECAR_FORMAT
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import write_bytes_atomic
 
@@ -114,7 +114,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
     write_bytes_atomic(engine_path, bytes(serialized))
     sidecar = Path(f"{engine_path}.json")
     meta = {
-        "format": "cminet-engine-v1",
+        "format": SIDECAR_FORMAT,
         "onnx": onnx_path.name,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         "engine_sha256": hashlib.sha256(bytes(serialized)).hexdigest(),

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import INPUT_NAMES as INPUTS  # noqa: E402
+from ..contract import OUTPUT_NAME as OUTPUT  # noqa: E402
+from ..contract import SIDECAR_FORMAT  # noqa: E402
 from ..cuda import CudaUnavailable, open_cuda
 from ..errors import ModelFileError
 from .base import Backend, BackendUnavailable, ShapeProfile
-
-INPUTS = ("mri", "other")
-OUTPUT = "fused"
 
 
 def read_sidecar(engine_path: Path) -> dict:
@@ -30,7 +30,7 @@ def read_sidecar(engine_path: Path) -> dict:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{sidecar}: unreadable sidecar ({exc})") from None
-    if meta.get("format") != "cminet-engine-v1":
+    if meta.get("format") != SIDECAR_FORMAT:
         raise ModelFileError(f"{sidecar}: not a cminet engine sidecar")
     return meta
 
