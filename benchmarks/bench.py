@@ -160,13 +160,13 @@ def model_for(backend: str, precision: str, files: dict[str, str]) -> str:
     return files[runs] if runs in ("weights", "engine") else files[precision]
 
 
-def reference_for(model: str) -> tuple[str | None, str]:
-    """The drift reference for ``model`` and where it came from; None (with the reason)
-    when the only reference there is belongs to other weights."""
+def reference_for(model: str, export_dir: Path) -> tuple[str | None, str]:
+    """The drift reference for ``model`` and where it came from: beside the model, in the
+    folder its ONNX were exported to, or the shipped one, whichever belongs to the same
+    weights; None (with the reason) when none does."""
     import numpy as np
 
-    beside = Path(model).with_name(REFERENCE_FILE)
-    candidates = [beside, shipped_dir() / REFERENCE_FILE]
+    candidates = [Path(model).with_name(REFERENCE_FILE), export_dir / REFERENCE_FILE, shipped_dir() / REFERENCE_FILE]
     expected = _weights_sha(model)
     for path in candidates:
         if not path.is_file():
@@ -258,7 +258,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
     for backend, precision in chosen:
         progress(f"{backend} {precision}")
         model = model_for(backend, precision, files)
-        reference, note = reference_for(model) if drift else (None, "drift not asked for")
+        reference, note = reference_for(model, Path(files["fp32"]).parent) if drift else (None, "drift not asked for")
         drift_notes[f"{backend}/{precision}"] = note
         spec = {"backend": backend, "precision": precision, "model": model, "sizes": [list(s) for s in sizes],
                 "batches": list(batches), "warmup": warmup, "iters": iters, "threads": threads,
