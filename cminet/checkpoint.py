@@ -39,9 +39,11 @@ def save_checkpoint(model: CMINet, path: str | Path, info: dict | None = None) -
 
 
 def read_config(path: str | Path) -> CMINetConfig:
+    if not isinstance(path, str | Path) or str(path) == "":
+        raise ModelFileError(f"weights: expected a .safetensors file path, got {path!r}")
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such weights file")
+        raise ModelFileError(f"{path}: no such weights file" if not path.exists() else f"{path}: not a file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -51,13 +53,14 @@ def read_config(path: str | Path) -> CMINetConfig:
         raise ModelFileError(f"{path}: not a cminet checkpoint (no '{FORMAT}' config in its metadata)")
     try:
         return CMINetConfig.from_json(meta["config"])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ModelFileError(f"{path}: bad config in metadata ({exc})") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> CMINet:
     """Build the model from the checkpoint's own config and load its weights (eval mode)."""
     config = read_config(path)
+    check_shapes(path, config)  # before allocating anything the file's config asks for
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -68,7 +71,38 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> CMI
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{path}: weights do not match the config ({first})") from None
+    check_finite(model, path)
     return model.to(device).eval()
+
+
+def check_shapes(path: str | Path, config: CMINetConfig) -> None:
+    """The tensors the config's model has must be the file's tensors, shape for shape. Checked
+    on a model built on the meta device (no memory) from the safetensors header alone, so
+    a hostile config (a million channels) is refused instead of allocated."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            stored = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in CMINet(config).state_dict().items()}
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelFileError(f"{path}: not a usable cminet checkpoint ({first})") from None
+    if stored != expected:
+        missing = sorted(set(expected) - set(stored))
+        wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+        detail = (f"missing {missing[0]}" if missing else f"{wrong[0]} is {stored[wrong[0]]}, expected "
+                  f"{expected[wrong[0]]}" if wrong else f"unexpected {sorted(set(stored) - set(expected))[0]}")
+        raise ModelFileError(f"{path}: weights do not match the config in its metadata ({detail})")
+
+
+def check_finite(model: torch.nn.Module, source: str | Path) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run, a corrupted file): they would fuse
+    or export into NaN images. :class:`ModelFileError` names ``source`` and the tensors."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ModelFileError(f"{source}: {len(bad)} weight tensor(s) hold NaN or Inf ({shown})")
 
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, info: dict) -> None:

@@ -1,14 +1,21 @@
-"""The ``cminet`` command line: info, train, fuse, evaluate.
+"""The ``cminet`` command line: info, train, fuse, evaluate — and the error boundary that
+``cminet``, ``cminet-export`` and ``cminet-bench`` share.
 
-Every command prints bad-input problems as one line and exits non-zero; ``--debug``
-(before or after the command name, as in ``cminet-export`` and ``cminet-bench``) shows the
-full traceback instead.
+The boundary: every failure ends as one line on stderr, ``error: <what>: <problem>``, with
+exit status 1 (2 for a wrong command line, 130 for Ctrl-C). A failure we did not foresee is
+one line too, with a hint to rerun with ``--debug``, which every command of the three tools
+accepts (anywhere on the command line; or set ``CMINET_DEBUG=1``) and which shows the full
+traceback instead. A missing optional package is answered with the extra to install.
 """
 
 from __future__ import annotations
 
-import functools
+import errno
+import importlib.util
+import math
+import os
 import sys
+import warnings
 
 import click
 
@@ -16,41 +23,214 @@ from cminet import __version__
 from cminet.runtime import contract
 from cminet.runtime.errors import CMINetError
 
-
-def _debugging() -> bool:
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        if ctx.params.get("debug"):
-            return True
-        ctx = ctx.parent
-    return False
+DEBUG_ENV = "CMINET_DEBUG"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+MAX_MESSAGE = 400  # characters of one error line
 
 
+# -- the error boundary -------------------------------------------------------------------
 def debug_option(func):
-    """``--debug``: the same flag, with the same meaning, on every command of the three CLIs."""
+    """``--debug`` as a parameter of ``func`` (commands get it without this decorator too)."""
     return click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")(func)
 
 
 def friendly_errors(func):
-    """Turn expected failures into a one-line ``error: ...`` and exit code 1."""
+    """Kept for commands written before the boundary moved into the command classes: every
+    command of the three CLIs (:class:`BoundaryGroup`, :class:`BoundaryCommand`) is covered
+    without it."""
+    return func
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+
+def _with_debug_option(command: click.Command) -> click.Command:
+    if not any(p.name == "debug" for p in command.params):
+        command.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
+                                           help="Show full tracebacks instead of one-line errors."))
+    return command
+
+
+def wants_debug(argv: list[str]) -> bool:
+    """``--debug`` anywhere before a ``--`` separator, or ``CMINET_DEBUG=1``."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--debug" in options or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    joined = " ".join(lines)
+    return joined if len(joined) <= MAX_MESSAGE else joined[: MAX_MESSAGE - 1] + "…"
+
+
+def install_hint(module: str) -> str:
+    """'pip install "cminet[train]"' for a module an extra of the installed cminet provides."""
+    from importlib import metadata
+
+    wanted = module.split(".")[0].lower()
+    try:
+        requirements = metadata.requires("cminet") or []
+    except metadata.PackageNotFoundError:
+        requirements = []
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        dist = name.strip().split("[")[0]
+        for sep in "<>=!~ ":
+            dist = dist.split(sep)[0]
+        if "extra ==" in marker and _MODULE_OF.get(dist.lower(), dist.lower().replace("-", "_")) == wanted:
+            extra = marker.split("extra ==")[1].strip().strip("'\"")
+            return f"pip install 'cminet[{extra}]'"
+    return f"pip install {module.split('.')[0]}"
+
+
+_MODULE_OF = {"cuda-python": "cuda", "nvidia-pytriton": "pytriton", "opencv-python-headless": "cv2"}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """(one-line message without 'error: ', exit status) for any exception."""
+    if isinstance(exc, click.UsageError):
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return one_line(exc.format_message()) + where, exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return one_line(exc.format_message()), exc.exit_code
+    if isinstance(exc, click.Abort | KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(exc, CMINetError):
+        return one_line(str(exc)), 1
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"this needs the {exc.name.split('.')[0]} package, which is not installed: {install_hint(exc.name)}", 1
+    if isinstance(exc, OSError) and exc.strerror:
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+        return one_line(f"{names}: {exc.strerror}" if names else exc.strerror), 1
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller image or batch, or --tile 512)", 1
+    detail = one_line(str(exc)) or "no message"
+    return f"unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)", 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {one_line(str(message))}", err=True)
+
+
+class _Boundary:
+    """Mixin for click commands: runs ``main`` inside the error boundary and gives every
+    command the ``--debug`` option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _with_debug_option(self)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        debug = wants_debug(argv)
         try:
-            return func(*args, **kwargs)
-        except (CMINetError, OSError) as exc:
-            if _debugging():
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.showwarning = _warning_line
+                result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `cminet`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # `cminet ... | head`: the reader left; nothing to say
+                sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it on exit
+                sys.exit(1)
+            self._fail(exc, debug)
+        except Exception as exc:
+            self._fail(exc, debug)
+        sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
-    return wrapper
+    @staticmethod
+    def _fail(exc: Exception, debug: bool):
+        if debug and not isinstance(exc, click.ClickException | click.Abort):  # a wrong command line has no
+            raise exc  # interesting traceback; everything else shows its own
+        message, status = describe_failure(exc)
+        click.echo(f"error: {message}", err=True)
+        sys.exit(status)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class BoundaryCommand(_Boundary, click.Command):
+    """A click command inside the shared error boundary (``cminet-export``, ``cminet-bench``)."""
+
+
+class BoundaryGroup(_Boundary, click.Group):
+    """A click group inside the shared error boundary; its commands get ``--debug`` too."""
+
+    command_class = BoundaryCommand
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(_with_debug_option(cmd), name)
+
+
+def require(module: str, what: str) -> None:
+    """One line naming the extra to install when ``what`` needs ``module`` (e.g. torch)."""
+    if importlib.util.find_spec(module) is None:
+        raise CMINetError(f"{what} needs {_PRETTY.get(module, module)}, which is not installed: "
+                          f"{install_hint(module)}")
+
+
+_PRETTY = {"torch": "PyTorch"}
+
+
+# -- option types: each refuses bad values as a usage error naming the option --------------
+class FiniteFloat(click.ParamType):
+    """A finite number (NaN and ±Inf refused, unlike click's FloatRange), optionally ≥ or
+    > ``minimum``."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None, exclusive: bool = False):
+        self.minimum, self.exclusive = minimum, exclusive
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low = self.minimum
+        if low is not None and (number < low or (self.exclusive and number == low)):
+            self.fail(f"{value!r} is not {'>' if self.exclusive else '≥'} {low:g}", param, ctx)
+        return number
+
+
+class SizeType(click.ParamType):
+    """H×W like 256, 256x320 or 256×320 (:func:`cminet.runtime.contract.parse_size`)."""
+
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return contract.parse_size(value)
+        except CMINetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TileType(click.ParamType):
+    """auto, off or a tile side ≥ 64 (:func:`cminet.runtime.tiling.parse_tile`)."""
+
+    name = "auto|off|N"
+
+    def convert(self, value, param, ctx):
+        from cminet.runtime.tiling import parse_tile
+
+        try:
+            return parse_tile(value)
+        except CMINetError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+POSITIVE = FiniteFloat(0.0, exclusive=True)
+NON_NEGATIVE = FiniteFloat(0.0)
+TILE_HELP = ("Images too large for this machine's memory are fused in overlapping tiles with blended seams: "
+             "auto (only when needed), off (refuse instead), or a tile side such as 512.")
+
+
+@click.group(cls=BoundaryGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cminet")
-@debug_option
-def main(debug: bool) -> None:
+def main() -> None:
     """CMINet cross-modality medical image fusion (MRI with CT, PET or SPECT).
 
     \b
@@ -61,15 +241,16 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.option("--size", default="256x256", show_default=True, help="H×W at which to count FLOPs, e.g. 512x512.")
+@click.option("--size", default="256x256", show_default=True, type=SizeType(),
+              help="H×W at which to count FLOPs and estimate memory, e.g. 512x512.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
-@debug_option
-@friendly_errors
-def info(size: str, weights: str | None, debug: bool) -> None:
-    """Print the model config, parameter count and FLOPs at SIZE."""
+def info(size: tuple[int, int], weights: str | None) -> None:
+    """Print the model config, parameter count, FLOPs and peak memory at SIZE."""
+    require("torch", "cminet info")
     from cminet.model import CMINet, count_flops, count_parameters
+    from cminet.runtime import memory
 
-    height, width = contract.parse_size(size)
+    height, width = size
     if weights:
         from cminet.checkpoint import load_checkpoint
 
@@ -82,6 +263,18 @@ def info(size: str, weights: str | None, debug: bool) -> None:
     click.echo(model.config.to_json())
     click.echo(f"parameters: {params:,} ({params * 4 / 2**20:.2f} MiB as FP32)")
     click.echo(f"FLOPs at 1×{height}×{width} pair: {flops / 1e9:.2f} GFLOPs (torch FlopCounterMode)")
+    config = model.config
+    shape = memory.NetworkShape(config.channels, config.num_heads, config.patch_size, config.kv_pool)
+    budget = memory.budget_bytes()
+    for backend, precision in memory.COSTS:
+        need = memory.network_peak_bytes(1, height, width, backend, precision, shape) or 0
+        verdict = ""
+        if budget is not None:
+            largest = memory.largest_square(backend, precision, budget, shape)
+            verdict = (f"fits whole in the {memory.human(budget)} available here" if need <= budget else
+                       f"fused in tiles here (whole images up to {largest}² fit in {memory.human(budget)})")
+        click.echo(f"peak memory at 1×{height}×{width}, {backend} {precision} (estimate): {memory.human(need)}; "
+                   f"{verdict}")
 
 
 @main.command()
@@ -90,55 +283,71 @@ def info(size: str, weights: str | None, debug: bool) -> None:
 @click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-4, show_default=True, type=float, help="Adam learning rate (cosine-decayed).")
+@click.option("--lr", default=2e-4, show_default=True, type=POSITIVE, help="Adam learning rate (cosine-decayed).")
 @click.option("--crop", default=64, show_default=True, type=click.IntRange(min=16), help="Random crop size.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and log.csv.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tune).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--max-minutes", type=float, help="Stop cleanly after this much wall time.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--max-minutes", type=POSITIVE, help="Stop cleanly after this much wall time.")
 @click.option("--reset-head", is_flag=True,
               help="With --init: zero the output correction so the run starts from the max rule, "
                    "keeping the initial weights' features.")
-@click.option("--w-ssim", default=10.0, show_default=True, help="Loss weight of 1 − SSIM(f, max(a, b)).")
-@click.option("--w-texture", default=100.0, show_default=True, help="Loss weight of the gradient (texture) term.")
-@click.option("--w-pixel", default=1.0, show_default=True, help="Loss weight of the pixel (MSE) term.")
-@click.option("--w-intensity", default=0.0, show_default=True, help="Loss weight of mean |f − max(a, b)|.")
-@click.option("--w-gradient", default=0.0, show_default=True,
+@click.option("--w-ssim", default=10.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of 1 − SSIM(f, max(a, b)).")
+@click.option("--w-texture", default=100.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of the gradient (texture) term.")
+@click.option("--w-pixel", default=1.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of the pixel (MSE) term.")
+@click.option("--w-intensity", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of mean |f − max(a, b)|.")
+@click.option("--w-gradient", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of mean |∇f − ∇(stronger-edged source)| (Sobel vectors).")
-@click.option("--w-vif", default=0.0, show_default=True,
+@click.option("--w-vif", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
-@click.option("--w-qabf", default=0.0, show_default=True,
+@click.option("--w-qabf", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
-@debug_option
-@friendly_errors
 def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, debug) -> None:
+          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
     Example (the shipped weights):
       cminet train --data path/to/harvard --out runs/default --epochs 100
     """
+    require("torch", "cminet train")
     from pathlib import Path
 
+    from cminet.checkpoint import load_checkpoint
+    from cminet.fusion import torch_device
     from cminet.losses import LossWeights
-    from cminet.runtime.folders import PAIR_TYPES, discover_pairs
+    from cminet.runtime.folders import PAIR_TYPES, discover_pairs, list_pairs
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
 
+    # Everything is checked before the first file is written.
     if reset_head and not init:
         raise click.BadParameter("--reset-head needs --init (the weights whose features to keep)",
                                  param_hint="--reset-head")
+    weights = (w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf)
+    if not any(weights):
+        raise click.UsageError("every loss weight (--w-*) is 0: nothing to train for")
+    try:
+        torch_device(device)
+    except CMINetError as exc:
+        raise click.BadParameter(str(exc).removeprefix("device").lstrip(": "), param_hint="--device") from None
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     unknown = [p for p in chosen if p not in PAIR_TYPES and not (Path(data) / p).is_dir()]
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
+    if not list_pairs(data, chosen, "train"):
+        raise CMINetError(f"{data}: the train split of {', '.join(chosen)} lists no pairs")
+    if init:
+        load_checkpoint(init)
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-                        init=Path(init) if init else None, reset_head=reset_head,
-                        loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf))
+                        init=Path(init) if init else None, reset_head=reset_head, loss=LossWeights(*weights))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
@@ -154,7 +363,8 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="Fuse every pair of a dataset folder (<pair>/{mri,other}/<name>.png).")
 @click.option("--samples", is_flag=True, help="Fuse the three sample pairs shipped with cminet.")
-@click.option("--split", default="test", show_default=True, help="With --data: train, test, or all.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "train", "all"]),
+              help="With --data: the pairs listed in test.txt or train.txt, or every pair.")
 @click.option("--pairs", help="With --data: comma-separated pair types (default: every <pair>/ folder).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder for --data / --samples.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch checkpoint (.safetensors); default: shipped.")
@@ -165,11 +375,10 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
               help="Runtime backend for --model (or the shipped ONNX).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
               help="Which shipped ONNX the runtime uses when neither --weights nor --model is given.")
-@click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda).")
-@debug_option
-@friendly_errors
+@click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda, cuda:N).")
+@click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
 def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, precision, device,
-         debug) -> None:
+         tile) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -188,7 +397,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
 
     from cminet.runtime.errors import ImageError
     from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, discover_pairs, fuse_files, fuse_folder, list_pairs
+    from cminet.runtime.imaging import check_image_output
 
+    # Everything is checked before a model is loaded or a file written.
     single = mri is not None or other is not None
     if sum([single, data is not None, samples]) != 1:
         raise click.UsageError("give either MRI OTHER -o OUT, or --data DIR --out DIR, or --samples --out DIR")
@@ -196,30 +407,43 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         raise click.UsageError("a single pair needs MRI, OTHER and -o OUTPUT")
     if not single and out is None:
         raise click.UsageError("--data and --samples need --out DIR")
+    if single and out is not None:
+        raise click.UsageError("--out is for --data / --samples; a single pair is written to -o OUTPUT")
     if model_file and weights:
         raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
     for image in (mri, other) if single else ():
         if not Path(image).is_file():  # before loading any model: fail fast on a typo
-            raise ImageError(f"{image}: no such file")
-
-    if model_file or (weights is None and not torch_installed()):
-        from cminet.runtime import Fuser
-
-        fuser = Fuser(model_file, backend=backend, precision=precision)
-    else:
-        from cminet.fusion import TorchFuser
-
-        fuser = TorchFuser(weights, device=device)
-
+            raise ImageError(f"{image}: no such file" if not Path(image).exists() else f"{image}: not a file")
     if single:
-        fuse_files(fuser, mri, other, output)
-        click.echo(f"wrote {output}")
-        return
+        check_image_output(output)
     if samples:
         refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
     else:
         refs = list_pairs(data, split_pairs(pairs) if pairs else discover_pairs(data), split)
-    report = fuse_folder(fuser, refs, out)
+    if not refs and not single:
+        raise CMINetError(f"{data}: the {split} split lists no pairs")
+
+    use_torch = not model_file and (weights is not None or torch_installed())
+    if use_torch:
+        require("torch", "cminet fuse --weights")
+        from cminet.fusion import TorchFuser, torch_device
+
+        try:
+            torch_device(device)
+        except CMINetError as exc:
+            raise click.BadParameter(str(exc).removeprefix("device").lstrip(": "), param_hint="--device") from None
+        fuser = TorchFuser(weights, device=device)
+    else:
+        from cminet.runtime import Fuser
+
+        fuser = Fuser(model_file, backend=backend, precision=precision)
+
+    tiled = _Tiling(fuser, tile)
+    if single:
+        fuse_files(tiled, mri, other, output)
+        click.echo(f"wrote {output}")
+        return
+    report = fuse_folder(tiled, refs, out)
     for path in report.written if samples else []:
         click.echo(f"wrote {path}")
     click.echo(f"fused {len(report.written)} of {len(refs)} pairs into {out}/<pair>/<name>.png")
@@ -242,9 +466,7 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
-@debug_option
-@friendly_errors
-def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> None:
+def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
     """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
     VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
 
@@ -257,14 +479,17 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> 
     from pathlib import Path
 
     from cminet.baselines import BASELINES, BaselineFuser
-    from cminet.data import split_validation
     from cminet.evaluate import FolderMethod, comparison_sheet, markdown, rank, run_evaluation, summarise, write_outputs
-    from cminet.fusion import TorchFuser
     from cminet.runtime.folders import discover_pairs, list_pairs
 
+    if "cminet" in split_pairs(methods):
+        require("torch", "cminet evaluate --methods cminet")
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     refs = list_pairs(data, chosen, "train" if split == "val" else split)
     if split == "val":
+        require("torch", "cminet evaluate --split val")
+        from cminet.data import split_validation
+
         refs = split_validation(refs)[1]
     if limit:
         per_type: dict = {}
@@ -272,6 +497,8 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> 
     contenders: dict = {}
     for name in split_pairs(methods):
         if name == "cminet":
+            from cminet.fusion import TorchFuser
+
             contenders[name] = TorchFuser(weights)
         elif name in BASELINES:
             contenders[name] = BaselineFuser(name)
@@ -298,14 +525,25 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> 
         sys.exit(1)
 
 
+class _Tiling:
+    """A fuser whose ``fuse`` passes --tile on and says on stderr when it tiled an image."""
+
+    def __init__(self, fuser, tile):
+        self.fuser, self.tile = fuser, tile
+
+    def fuse(self, mri, other):
+        fused = self.fuser.fuse(mri, other, tile=self.tile)
+        if self.fuser.last_plan is not None:
+            click.echo(f"note: {self.fuser.last_plan.describe()} (too large to fuse whole here)", err=True)
+        return fused
+
+
 def split_pairs(text: str) -> tuple[str, ...]:
     """'ct_mri, pet_mri' → ('ct_mri', 'pet_mri')."""
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def torch_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torch") is not None
 
 

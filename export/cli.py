@@ -1,18 +1,25 @@
 """``cminet-export``: the shipped (or ``--weights``) model → verified ONNX → FP16 ONNX →
-strongly typed FP16 TensorRT engine, each step checking itself."""
+strongly typed FP16 TensorRT engine, each step checking itself.
+
+Everything is written to a hidden staging folder first and moved into ``--out`` only once
+verified, so a refused input (NaN weights, a bad profile) or a failed check never leaves
+an unverified model in the output folder: then only ``export_report.json`` is written."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from cminet.cli import debug_option, friendly_errors
+from cminet.cli import CONTEXT, BoundaryCommand, require
 from cminet.runtime.contract import REFERENCE_FILE, SHIPPED_ONNX, validate_profile
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.files import check_output, publish, staging_folder, write_text_atomic
+
+ENGINE_FILE = "cminet_fp16.engine"
+REPORT_FILE = "export_report.json"
 
 
 def step(message: str):
@@ -24,7 +31,7 @@ def done(started: float, extra: str = "") -> None:
     click.echo(f" done in {time.monotonic() - started:.1f}s{extra}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=BoundaryCommand, context_settings=CONTEXT)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
 @click.option("--out", default="exported", show_default=True, type=click.Path(file_okay=False),
               help="Folder for cminet.onnx, cminet_fp16.onnx, reference_outputs.npz, the engine and "
@@ -40,15 +47,13 @@ def done(started: float, extra: str = "") -> None:
 @click.option("--opt-shape", default="1x256x256", show_default=True, help="Engine profile optimum N×H×W.")
 @click.option("--max-shape", default="4x1024x1024", show_default=True,
               help="Engine profile maximum N×H×W (sized for an 8 GB Jetson).")
-@click.option("--workspace", default=1024, show_default=True, type=click.IntRange(min=16), help="Workspace MiB.")
+@click.option("--workspace", default=1024, show_default=True, type=click.IntRange(16, 1 << 20), help="Workspace MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file, reused across builds.")
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
-@debug_option
-@friendly_errors
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, slim, no_verify, debug) -> None:
+         timing_cache, slim, no_verify) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
@@ -57,6 +62,7 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
     On the Jetson itself, after copying exported/cminet_fp16.onnx there:
       cminet-export --fp16 --engine yes --max-shape 1x1024x1024 --timing-cache trt.cache
     """
+    require("torch", "cminet-export")
     import hashlib
 
     from cminet.fusion import DEFAULT_WEIGHTS, load_pretrained
@@ -66,67 +72,82 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
     from .tensorrt_build import build_engine, tensorrt_status
     from .verify import as_json, verify_export, write_reference
 
-    shapes = validate_profile(min_shape, opt_shape, max_shape)
+    # Every input is checked before anything is written.
+    try:
+        shapes = validate_profile(min_shape, opt_shape, max_shape)
+    except CMINetError as exc:
+        raise click.UsageError(f"--min-shape/--opt-shape/--max-shape: {exc}") from None
     want_engine = engine_mode == "yes" or (engine_mode == "auto" and fp16)
     out = Path(out)
-    model = load_pretrained(weights)
+    names = [SHIPPED_ONNX["fp32"], REFERENCE_FILE, REPORT_FILE]
+    names += [SHIPPED_ONNX["fp16"]] if fp16 or engine_mode == "yes" else []
+    names += [ENGINE_FILE, f"{ENGINE_FILE}.json"] if want_engine else []
+    for name in names:
+        check_output(out / name)
+    if timing_cache:
+        check_output(timing_cache)
+    available, reason = tensorrt_status() if want_engine else (False, "")
+    if engine_mode == "yes" and not available:
+        raise CMINetError(f"--engine yes: no engine can be built here: {reason}")
+    model = load_pretrained(weights)  # refuses missing, foreign and NaN/Inf weights
     weights_sha256 = hashlib.sha256(Path(weights or DEFAULT_WEIGHTS).read_bytes()).hexdigest()
 
-    t = step(f"exporting FP32 ONNX (opset {opset})")
-    fp32_path = export_onnx(model, out / SHIPPED_ONNX["fp32"], opset=opset, simplify=slim,
-                            weights_sha256=weights_sha256)
-    done(t, f" → {fp32_path} ({fp32_path.stat().st_size / 1e6:.2f} MB)")
-    fp16_path = None
-    if fp16 or engine_mode == "yes":
-        t = step(f"converting to FP16 ({io_dtype.upper()} I/O)")
-        fp16_path = convert_fp16(fp32_path, out / SHIPPED_ONNX["fp16"], io_dtype=io_dtype, simplify=slim)
-        done(t, f" → {fp16_path} ({fp16_path.stat().st_size / 1e6:.2f} MB)")
-    t = step("writing the drift reference (FP32 PyTorch on the shipped samples)")
-    reference = write_reference(model, out / REFERENCE_FILE, weights_sha256=weights_sha256)
-    done(t, f" → {reference} ({reference.stat().st_size / 1e6:.2f} MB)")
+    with staging_folder(out) as stage:
+        t = step(f"exporting FP32 ONNX (opset {opset})")
+        fp32_path = export_onnx(model, stage / SHIPPED_ONNX["fp32"], opset=opset, simplify=slim,
+                                weights_sha256=weights_sha256)
+        done(t, f" ({fp32_path.stat().st_size / 1e6:.2f} MB)")
+        fp16_path = None
+        if fp16 or engine_mode == "yes":
+            t = step(f"converting to FP16 ({io_dtype.upper()} I/O)")
+            fp16_path = convert_fp16(fp32_path, stage / SHIPPED_ONNX["fp16"], io_dtype=io_dtype, simplify=slim)
+            done(t, f" ({fp16_path.stat().st_size / 1e6:.2f} MB)")
+        t = step("writing the drift reference (FP32 PyTorch on the shipped samples)")
+        reference = write_reference(model, stage / REFERENCE_FILE, weights_sha256=weights_sha256)
+        done(t, f" ({reference.stat().st_size / 1e6:.2f} MB)")
 
-    report: dict = {"weights": weights or "shipped", "weights_sha256": weights_sha256, "opset": opset,
-                    "io_dtype": io_dtype, "slim": slim,
-                    "files": {"fp32": str(fp32_path), "fp16": str(fp16_path) if fp16_path else None}}
-    failed = []
-    if not no_verify:
-        t = step("verifying")
-        checks = verify_export(model, fp32_path, fp16_path, io_dtype)
-        done(t)
-        for c in checks:
-            click.echo(f"  {'✓' if c.passed else '✗'} {c.name}: {c.summary}")
-        report["checks"] = as_json(checks)
-        failed = [c.name for c in checks if not c.passed]
+        final = {path.name: out / path.name for path in (fp32_path, fp16_path, reference) if path is not None}
+        report: dict = {"weights": weights or "shipped", "weights_sha256": weights_sha256, "opset": opset,
+                        "io_dtype": io_dtype, "slim": slim,
+                        "files": {"fp32": str(final[fp32_path.name]),
+                                  "fp16": str(final[fp16_path.name]) if fp16_path else None}}
+        failed = []
+        if not no_verify:
+            t = step("verifying")
+            checks = verify_export(model, fp32_path, fp16_path, io_dtype)
+            done(t)
+            for c in checks:
+                click.echo(f"  {'✓' if c.passed else '✗'} {c.name}: {c.summary}")
+            report["checks"] = as_json(checks)
+            failed = [c.name for c in checks if not c.passed]
 
-    engine_error = None
-    if want_engine:
-        available, reason = tensorrt_status()
-        if not available:
-            report["engine"] = {"built": False, "reason": reason}
-            if engine_mode == "yes":
-                engine_error = f"no engine built: {reason}"
-            else:
+        if want_engine and not failed:
+            if not available:
+                report["engine"] = {"built": False, "reason": reason}
                 click.echo(f"• no engine built: {reason}")
-        else:
-            t = step(f"building the strongly typed FP16 engine ({reason})")
-            build = build_engine(fp16_path, out / "cminet_fp16.engine", *shapes, workspace_mib=workspace,
-                                 timing_cache=timing_cache, config_json=model.config.to_json())
-            done(t, f" → {build.engine} ({build.fp16_layers}/{build.total_layers} layers FP16)")
-            report["engine"] = {"built": True, "path": str(build.engine), "sidecar": str(build.sidecar),
-                                "build_seconds": build.build_seconds, "fp16_layers": build.fp16_layers,
-                                "total_layers": build.total_layers}
+            else:
+                t = step(f"building the strongly typed FP16 engine ({reason})")
+                build = build_engine(fp16_path, stage / ENGINE_FILE, *shapes, workspace_mib=workspace,
+                                     timing_cache=timing_cache, config_json=model.config.to_json())
+                done(t, f" ({build.fp16_layers}/{build.total_layers} layers FP16)")
+                final.update({ENGINE_FILE: out / ENGINE_FILE, build.sidecar.name: out / build.sidecar.name})
+                report["engine"] = {"built": True, "path": str(out / ENGINE_FILE),
+                                    "sidecar": str(out / build.sidecar.name), "build_seconds": build.build_seconds,
+                                    "fp16_layers": build.fp16_layers, "total_layers": build.total_layers}
 
-    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    click.echo(f"• report → {out / 'export_report.json'}")
-    if not failed and not engine_error:
-        click.echo(f"next: cminet fuse --samples --out fused --model {fp32_path}   |   "
-                   f"cminet-bench --quick --model {fp16_path or fp32_path}")
-    if engine_error:
-        raise CMINetError(engine_error)
+        if failed:  # nothing unverified reaches the output folder: only the report that says why
+            report["files"] = {"fp32": None, "fp16": None, "discarded": "verification failed"}
+            final = {}
+        write_text_atomic(stage / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+        for path in publish(stage, out, [*final, REPORT_FILE]):
+            if path.name != REPORT_FILE:
+                click.echo(f"• wrote {path}")
+    click.echo(f"• report → {out / REPORT_FILE}")
     if failed:
-        click.echo(f"error: verification failed: {', '.join(failed)}", err=True)
-        sys.exit(1)
-
+        raise CMINetError(f"verification failed ({', '.join(failed)}); no model was written to {out}")
+    fp32_final = out / SHIPPED_ONNX["fp32"]
+    click.echo(f"next: cminet fuse --samples --out fused --model {fp32_final}   |   "
+               f"cminet-bench --quick --model {out / SHIPPED_ONNX['fp16'] if fp16_path else fp32_final}")
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from cminet.runtime.contract import META_IO_DTYPE, META_PRECISION
-from cminet.runtime.files import atomic_output
+from cminet.runtime.contract import META_IO_DTYPE, META_PRECISION, ContractError
+from cminet.runtime.errors import ModelFileError
+from cminet.runtime.files import atomic_output, check_output
 
 from .graph import compact_names, slim
 
@@ -35,8 +36,14 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
     from onnxconverter_common import float16
 
     if io_dtype not in IO_DTYPES:
-        raise ValueError(f"io_dtype must be fp32 or fp16, not {io_dtype!r}")
-    model = onnx.load(str(src))
+        raise ContractError(f"io_dtype: expected one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
+    check_output(dst)
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # OSError, protobuf's DecodeError, onnx's own errors
+        if isinstance(exc, OSError) and not Path(src).is_file():
+            raise ModelFileError(f"{src}: no such ONNX file") from None
+        raise ModelFileError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from None
     # Drop stored intermediate types: the converter retypes tensors but not stale value_info
     # (seen with the Identity nodes the exporter emits for repeated constants).
     del model.graph.value_info[:]

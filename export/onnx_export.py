@@ -25,13 +25,22 @@ from pathlib import Path
 import onnx
 import torch
 
+from cminet.checkpoint import check_finite
 from cminet.model import CMINet
-from cminet.runtime.contract import INPUT_NAMES, META_CONFIG, META_PRECISION, META_WEIGHTS_SHA256, OUTPUT_NAME
-from cminet.runtime.files import atomic_output
+from cminet.runtime.contract import (
+    INPUT_NAMES,
+    META_CONFIG,
+    META_PRECISION,
+    META_WEIGHTS_SHA256,
+    OUTPUT_NAME,
+    ContractError,
+)
+from cminet.runtime.files import atomic_output, check_output
 
 from .graph import compact_names, dedupe_initializers, inline_identity_initializers, slim
 
 DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 17, 23
 DYNAMO_MIN_OPSET = 18
 # onnxruntime 1.17, the oldest the runtime supports, reads IR versions up to 9.
 MAX_IR_VERSION = 9
@@ -44,9 +53,13 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, sim
     ``simplify`` runs onnxslim over the graph (see :func:`cminet.export.graph.slim`);
     ``weights_sha256`` (of the checkpoint file) is recorded in the model's metadata so a
     shipped ONNX can be tied to the weights it came from."""
-    if opset < 17:
-        raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
-    path = Path(path)
+    if not isinstance(model, CMINet):
+        raise ContractError(f"model: expected a CMINet (cminet.load_pretrained()), got {type(model).__name__}")
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ContractError(f"opset: expected a whole number from {MIN_OPSET} (LayerNormalization) to {MAX_OPSET}, "
+                            f"got {opset!r}")
+    check_finite(model, "model")  # NaN/Inf weights would export into a model that fuses NaN images
+    path = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().cpu().eval()
     # Two *different* example tensors: passing one tensor twice lets the exporter treat the

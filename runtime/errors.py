@@ -13,3 +13,12 @@ class ImageError(CMINetError):
 
 class ModelFileError(CMINetError):
     """A missing, corrupt or foreign weights / ONNX / engine file, or a version mismatch."""
+
+
+class OutputError(CMINetError):
+    """An output path cminet will not write: a folder, block device, socket, read-only file,
+    unknown image extension, or a FIFO nobody reads."""
+
+
+class MemoryLimitError(CMINetError):
+    """An input larger than this machine's memory can process (the message says what fits)."""

@@ -1,37 +1,198 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Output files: written atomically, and nothing that is not a regular file is ever replaced.
 
-A crash, Ctrl-C or error never leaves a half-written image, checkpoint, model or engine
-under the final name."""
+What happens to each kind of output path (the README's "Bad input" section says the same):
+
+* a new path, or an existing regular file: the content goes to a hidden temporary file
+  beside it, renamed over the path when complete, so a crash, Ctrl-C or error never leaves
+  a half-written file under the final name;
+* a character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe): written
+  into, as ``cp`` would, never replaced; a FIFO nobody reads is refused instead of blocking;
+* a symlink is followed: the file it points to is replaced as above (the link stays a
+  link); a link to a device or FIFO is written into; a dangling link creates its target;
+* a directory, block device or socket: refused.
+
+Errors name the path the caller gave, never the temporary file.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OutputError
+
+FIFO_READER_WAIT_S = 2.0  # how long a FIFO without a reader is given to get one before we refuse
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """'new', 'file', 'device' (character device) or 'fifo' for an output path (symlinks
+    followed); :class:`OutputError` for a directory, block device, socket or a parent that
+    is not a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "new"
+    except NotADirectoryError:
+        raise OutputError(f"{path}: a parent of this path is a file, not a folder") from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISCHR(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    what = "a folder" if stat.S_ISDIR(mode) else "a block device" if stat.S_ISBLK(mode) else "a socket"
+    raise OutputError(f"{path}: is {what}; cminet writes regular files, character devices and FIFOs only")
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    """Check an output path before any work is done: an acceptable kind (see the module
+    doc), and for a file, a folder to create it in that is writable. Creates nothing."""
+    path = Path(path)
+    if str(path) == "" or path.name in ("", ".", ".."):
+        raise OutputError(f"{str(path)!r}: not a file name")
+    kind = output_kind(path)
+    if kind in ("device", "fifo"):
+        return path
+    target = Path(os.path.realpath(path))
+    if kind == "file" and not os.access(target, os.W_OK):
+        raise OutputError(f"{path}: the file exists and is read-only")
+    folder = target.parent
+    while not folder.exists():  # the nearest existing ancestor decides
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the folder {folder} is not writable")
+    return path
+
 
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """``with atomic_output("out.png") as tmp: write(tmp)`` — ``out.png`` appears only if the
-    block finishes."""
+    """``with atomic_output("out.png") as tmp: write(tmp)`` — ``out.png`` appears (or the
+    device / FIFO receives the bytes) only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+    kind = output_kind(path)
+    if kind in ("device", "fifo"):
+        with _through_temp_file(path, kind) as tmp:
+            yield tmp
+        return
+    if kind == "file" and not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: the file exists and is read-only")
+    target = Path(os.path.realpath(path))  # a symlink is followed: its target is replaced, the link stays
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
         yield Path(tmp)
         # mkstemp makes 0600, and writers that recreate the file (safetensors) keep that:
         # give the finished file normal permissions just before it takes its name.
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        _blame_user_path(exc, tmp, path)
+        raise
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def _through_temp_file(path: Path, kind: str) -> Iterator[Path]:
+    """Writers want a file name; a device or FIFO gets the finished bytes copied into it."""
+    fd, tmp = tempfile.mkstemp(prefix=".cminet-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        out = _open_for_writing(path, kind)
+        with os.fdopen(out, "wb") as sink, open(tmp, "rb") as source:
+            shutil.copyfileobj(source, sink)
+    except BaseException as exc:
+        _blame_user_path(exc, tmp, path)
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _open_for_writing(path: Path, kind: str) -> int:
+    if kind == "device":
+        return os.open(path, os.O_WRONLY)
+    deadline = time.monotonic() + FIFO_READER_WAIT_S
+    while True:  # O_NONBLOCK: opening a FIFO without a reader fails (ENXIO) instead of hanging
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            if time.monotonic() > deadline:
+                raise OutputError(f"{path}: a FIFO that nobody reads; start its reader first") from None
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def _blame_user_path(exc: BaseException, tmp: str | None, path: Path) -> None:
+    """Put the caller's path where an error names our temporary file."""
+    if not tmp:
+        return
+    if isinstance(exc, OSError):
+        if exc.filename is not None and str(exc.filename) == tmp:
+            exc.filename = str(path)
+        if exc.filename2 is not None and str(exc.filename2) == tmp:
+            exc.filename2 = str(path)
+    exc.args = tuple(a.replace(tmp, str(path)).replace(Path(tmp).name, path.name) if isinstance(a, str) else a
+                     for a in exc.args)
+
+
+@contextmanager
+def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder beside (or inside) the folder ``out`` for files that must appear
+    together or not at all, such as an export and its verification: write them there, then
+    move the good ones into ``out`` with :func:`publish`. The staging folder and whatever is
+    left in it are removed when the block ends, so a failure leaves ``out`` as it was."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder")
+    anchor = out
+    while not anchor.exists():
+        anchor = anchor.parent
+    check_output(anchor / ".cminet-staging")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.", suffix=".staging", dir=anchor))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out: str | os.PathLike, names) -> list[Path]:
+    """Move ``names`` from ``stage`` into the folder ``out`` (created if needed); each
+    replaces a file of that name, never a folder or special file. Returns the new paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for name in names:
+        target = out / name
+        if output_kind(target) not in ("new", "file"):
+            raise OutputError(f"{target}: not a regular file; refusing to replace it")
+        shutil.move(str(stage / name), str(target))  # a rename on one filesystem
+        moved.append(target)
+    return moved
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode())

@@ -5,24 +5,52 @@
     with Fuser("cminet_fp16.engine") as fuser:      # or any exported .onnx / .engine
         fused = fuser.fuse(mri_u8, pet_rgb_u8)      # uint8 RGB with PET colours restored
 
-Every input is checked (dtype, rank, channels, sizes, NaN/Inf, the engine's profile) and a
-bad one raises :class:`~cminet.runtime.errors.ImageError` (a ``ValueError``) before any GPU
-work. Pre/post-processing is :mod:`cminet.runtime.imaging`, shared by every backend.
+Every argument and input is checked (dtype, rank, channels, sizes, NaN/Inf, the engine's
+profile, memory) and a bad one raises a ``ValueError`` subclass from
+:mod:`cminet.runtime.errors` naming the argument, before any GPU work; every output is
+checked against the contract (shape, dtype) after each run. An image too large to fuse
+whole in this machine's memory (or the engine's profile) is fused in overlapping tiles with
+blended seams (:mod:`cminet.runtime.tiling`). Pre/post-processing is
+:mod:`cminet.runtime.imaging`, shared by every backend.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .backends.base import Backend, BackendUnavailable, open_backend
-from .contract import AUTO, BACKEND_CHOICES, BACKENDS, IO_CHANNELS, IO_RANK, ContractError, model_kind, shipped_onnx
-from .errors import ImageError, ModelFileError
+from .contract import (
+    AUTO,
+    BACKEND_CHOICES,
+    BACKENDS,
+    IO_CHANNELS,
+    IO_RANK,
+    ORT_OPTIMIZATION_LEVELS,
+    PRECISIONS,
+    ContractError,
+    model_kind,
+    shipped_onnx,
+)
+from .errors import CMINetError, ImageError, MemoryLimitError, ModelFileError
 from .imaging import finish_output, prepare_pair
+from .memory import NetworkShape
+from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
 
 DEFAULT_BATCH_LIMIT = 16  # pairs per run when the model has no profile limit
+
+
+def _choice(name: str, value, accepted) -> None:
+    if not isinstance(value, str) or value not in accepted:
+        raise ContractError(f"{name}: expected one of {', '.join(accepted)}, got {value!r}")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def resolve_backend(kind: str, backend: str) -> str:
@@ -55,29 +83,38 @@ class Fuser:
         device: CUDA device index.
         threads: CPU threads for ONNX Runtime (default: all cores).
         optimization: ONNX Runtime graph optimisation level: disable, basic, extended, all.
+
+    Bad arguments raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``)
+    naming the argument and what it accepts; an unusable model file raises
+    :class:`~cminet.runtime.errors.ModelFileError`.
     """
 
-    def __init__(self, path: str | Path | None = None, backend: str = AUTO, precision: str = "fp32", device: int = 0,
-                 threads: int | None = None, optimization: str = "all"):
-        if backend not in BACKEND_CHOICES:
-            raise ContractError(f"backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
-        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+    def __init__(self, path: str | os.PathLike | None = None, backend: str = AUTO, precision: str = "fp32",
+                 device: int = 0, threads: int | None = None, optimization: str = "all"):
+        self._backend: Backend | None = None
+        _choice("backend", backend, BACKEND_CHOICES)
+        _choice("precision", precision, PRECISIONS)
+        _choice("optimization", optimization, ORT_OPTIMIZATION_LEVELS)
+        if not _whole(device) or device < 0:
             raise ContractError(f"device: expected a CUDA device index ≥ 0, got {device!r}")
+        if threads is not None and (not _whole(threads) or threads < 1):
+            raise ContractError(f"threads: expected None (all cores) or a whole number ≥ 1, got {threads!r}")
         if path is None:
             path = shipped_onnx(precision)
             if not path.is_file():
                 raise ModelFileError(f"{path}: the shipped ONNX is missing; reinstall cminet")
-        elif not isinstance(path, str | Path):
-            raise ContractError(f"path: expected a model file path, got {type(path).__name__}")
+        elif not isinstance(path, str | os.PathLike) or str(path) == "":
+            raise ContractError(f"path: expected a model file path (.onnx or .engine), got {path!r}")
         path = Path(path)
         if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file")
+            raise ModelFileError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
         if path.stat().st_size == 0:
             raise ModelFileError(f"{path}: empty file")
         name = resolve_backend(model_kind(path), backend)
         self.path = path
-        self._backend: Backend | None = open_backend(name, path, device=device, threads=threads,
-                                                     optimization=optimization, precision=precision)
+        self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
+        self._backend = open_backend(name, path, device=device, threads=threads, optimization=optimization,
+                                     precision=precision)
 
     @property
     def backend(self) -> Backend:
@@ -96,32 +133,81 @@ class Fuser:
                 raise ImageError(f"{name}: expected shape N×1×H×W, got {x.shape}")
         if mri.shape != other.shape:
             raise ImageError(f"input shapes differ: mri {mri.shape}, other {other.shape}")
+        if 0 in mri.shape:
+            raise ImageError(f"mri: empty input of shape {mri.shape}")
         self.backend.profile.check(mri.shape)
+        self.size_policy().check_whole(*mri.shape[:1], *mri.shape[2:])
         if not (np.isfinite(mri).all() and np.isfinite(other).all()):
             raise ImageError("inputs contain NaN or Inf")
         dtype = self.backend.input_dtype
-        out = self.backend.run(np.ascontiguousarray(mri, dtype=dtype), np.ascontiguousarray(other, dtype=dtype))
-        if out.shape != mri.shape:
-            raise ModelFileError(f"{self.path}: the model returned shape {tuple(out.shape)} for input "
-                                 f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
-        return out
+        a, b = np.ascontiguousarray(mri, dtype=dtype), np.ascontiguousarray(other, dtype=dtype)
+        try:
+            out = self.backend.run(a, b)
+        except CMINetError:
+            raise
+        except MemoryError:
+            raise MemoryLimitError(f"{self.path}: out of memory for input {'×'.join(map(str, mri.shape))}; "
+                                   "fuse() tiles large images") from None
+        except Exception as exc:  # ORT / TensorRT raise their own types for a graph that cannot run this input
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelFileError(f"{self.path}: {self.backend.name} failed on input "
+                                 f"{'×'.join(map(str, mri.shape))} ({first})") from None
+        if not isinstance(out, np.ndarray) or out.dtype.kind != "f" or out.shape != mri.shape:
+            got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ModelFileError(f"{self.path}: the model returned {got} for input {tuple(mri.shape)} "
+                                 "(a cminet model returns float of its input's shape)")
+        return out.astype(np.float32, copy=False)
+
+    def size_policy(self) -> SizePolicy:
+        """What fits in this machine's memory now and within the model's profile."""
+        b = self.backend
+        shape = NetworkShape.from_config_json(getattr(b, "config_json", None))
+        top = b.profile.max
+        return SizePolicy(b.name, b.precision, shape, max_side=min(top[1], top[2]) if top else None,
+                          max_batch=min(top[0], DEFAULT_BATCH_LIMIT) if top else 4)
+
+    def _network(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
+        """Float H×W pair → float32 H×W, whole or in tiles (``self.last_plan``)."""
+        policy = self.size_policy()
+        self.last_plan = plan = policy.plan(*mri.shape, tile)
+        if plan is None:
+            return self.infer(mri[None, None], other[None, None])[0, 0]
+        return run_tiled(self.infer, mri, other, plan, batch=policy.batch_for(plan))
 
     # -- images in, images out -----------------------------------------------------------
-    def fuse(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
-        """uint8 MRI (grey) + uint8 CT (grey) or PET/SPECT (RGB) → uint8 grey or RGB."""
-        pair = prepare_pair(mri, other)
-        out = self.infer(pair.mri[None, None], pair.other[None, None])
-        return finish_output(out[0, 0], pair.chroma)
+    def fuse(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
+        """uint8 MRI (grey) + uint8 CT (grey) or PET/SPECT (RGB) → uint8 grey or RGB.
 
-    def fuse_batch(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Fuse many pairs; pairs of one size run as one batch (split at the profile's N)."""
+        ``tile``: ``"auto"`` fuses the image whole when it fits in memory (and the model's
+        profile) and in overlapping, blended tiles otherwise; ``"off"`` (or None) refuses
+        an image that does not fit; a number forces tiles of that side (≥ 64)."""
+        tile = parse_tile(tile)
+        pair = prepare_pair(mri, other)
+        return finish_output(self._network(pair.mri, pair.other, tile), pair.chroma)
+
+    def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], tile: int | str | None = "auto"
+                   ) -> list[np.ndarray]:
+        """Fuse many pairs; pairs of one size run as one batch (split at the profile's N and
+        at what fits in memory); a pair too large to fuse whole is tiled as in :meth:`fuse`."""
+        tile = parse_tile(tile)
+        if isinstance(pairs, np.ndarray | str | bytes) or not isinstance(pairs, Sequence) or not all(
+                isinstance(p, tuple | list) and len(p) == 2 for p in pairs):
+            raise ContractError("pairs: expected a list of (mri, other) tuples of uint8 arrays")
         prepared = [prepare_pair(m, o) for m, o in pairs]
         results: list[np.ndarray | None] = [None] * len(prepared)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(prepared):
             by_size.setdefault(p.mri.shape, []).append(i)
-        limit = self.backend.profile.max[0] if self.backend.profile.max else DEFAULT_BATCH_LIMIT
-        for indices in by_size.values():
+        policy = self.size_policy()
+        for (height, width), indices in by_size.items():
+            if policy.plan(height, width, tile) is not None:  # too large for one call: tiles, pair by pair
+                for i in indices:
+                    results[i] = finish_output(self._network(prepared[i].mri, prepared[i].other, tile),
+                                               prepared[i].chroma)
+                continue
+            limit = policy.max_batch if self.backend.profile.max else DEFAULT_BATCH_LIMIT
+            while limit > 1 and not policy.fits(limit, height, width):
+                limit -= 1
             for start in range(0, len(indices), limit):
                 chunk = indices[start : start + limit]
                 a = np.stack([prepared[i].mri for i in chunk])[:, None]

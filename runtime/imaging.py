@@ -10,17 +10,25 @@ and the source Cb/Cr are put back. CT and MRI are grey.
 from __future__ import annotations
 
 import os
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import ImageError
-from .files import write_bytes_atomic
+from .contract import MIN_SIDE
+from .errors import ImageError, OutputError
+from .files import check_output, write_bytes_atomic
+from .memory import check_image_fits
 
-MIN_SIZE = 16
-MAX_SIDE = 8192  # larger sides are refused: one 8192² pair already needs GBs of activations
+MIN_SIZE = MIN_SIDE  # the network's smallest side (kept for callers of the old name)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Full-range BT.601 (ITU-R BT.601 luma weights, JPEG/JFIF offsets), values in 0..255.
 _RGB_TO_YCBCR = np.array(
@@ -52,16 +60,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an 8-bit grey or RGB image as uint8 H×W or H×W×3 (RGB order).
 
     Raises :class:`ImageError` naming the file for anything unreadable, truncated,
-    16-bit, or with a channel count other than 1, 3 (or 4 with alpha, dropped)."""
+    corrupt, 16-bit, too large for memory, or with a channel count other than 1, 3 (or 4
+    with alpha, dropped). A PNG's structure (chunk lengths and CRCs, IHDR, IEND) is checked
+    before it is decoded, and what the C decoders would print is caught and folded into
+    the one-line error, so nothing but that line reaches the terminal."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    if data[:8].tobytes() == PNG_SIGNATURE:
+        height, width, channels = check_png(data.tobytes(), path)
+        check_image_fits(height, width, f"{path}: a PNG")
+    with native_messages() as messages:
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:  # e.g. more pixels than OpenCV allows
+            image, messages = None, [_cv_reason(exc)]
     if image is None:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
-    if _is_truncated_png(path, data):
-        raise ImageError(f"{path}: truncated PNG (the file ends before its IEND chunk)")
+        reason = f" ({messages[0][:160]})" if messages else ""
+        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format){reason}")
     if image.dtype != np.uint8:
         raise ImageError(f"{path}: {image.dtype} pixels ({image.dtype.itemsize * 8}-bit); convert to 8-bit first")
     if image.ndim == 3 and image.shape[2] == 1:
@@ -77,24 +96,95 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def _is_truncated_png(path: Path, data: np.ndarray) -> bool:
-    # OpenCV decodes a truncated PNG with only a warning, filling the rest with zeros.
-    is_png = data[:8].tobytes() == b"\x89PNG\r\n\x1a\n"
-    return is_png and b"IEND" not in data[-32:].tobytes()
+def check_png(data: bytes, path: Path | str) -> tuple[int, int, int]:
+    """Walk a PNG's chunks without decoding it: (height, width, samples per pixel), or
+    :class:`ImageError` for a bad length, CRC, missing IHDR / IDAT / IEND or truncation."""
+    pos, chunks, header = len(PNG_SIGNATURE), 0, None
+    while True:
+        if pos + 8 > len(data):
+            raise ImageError(f"{path}: truncated PNG (the file ends before its IEND chunk)")
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if length > 2**31 - 1 or not kind.isalpha():
+            raise ImageError(f"{path}: corrupt PNG (bad chunk header at byte {pos})")
+        end = pos + 8 + length + 4
+        if end > len(data):
+            raise ImageError(f"{path}: truncated PNG (the file ends inside its {kind.decode()} chunk)")
+        body = data[pos + 8:pos + 8 + length]
+        if zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise ImageError(f"{path}: corrupt PNG (CRC error in its {kind.decode()} chunk)")
+        if chunks == 0:
+            if kind != b"IHDR" or length != 13:
+                raise ImageError(f"{path}: corrupt PNG (no IHDR chunk first)")
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            if not (0 < width < 2**31 and 0 < height < 2**31) or colour not in _PNG_SAMPLES:
+                raise ImageError(f"{path}: corrupt PNG (header says {width}×{height}, colour type {colour})")
+            header = (height, width, _PNG_SAMPLES[colour] * max(1, depth // 8))
+        elif kind == b"IEND":
+            return header  # type: ignore[return-value]
+        chunks += 1
+        pos = end
+
+
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type → samples per pixel
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def native_messages() -> Iterator[list[str]]:
+    """Collect what C libraries (libpng, libjpeg, OpenCV) print to file descriptor 2 inside
+    the block instead of letting it reach the terminal; the lines are in the yielded list
+    afterwards. Serialised by a lock: the descriptor is process-wide."""
+    lines: list[str] = []
+    previous = cv2.utils.logging.getLogLevel()
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to protect
+            yield lines
+            return
+        os.dup2(sink.fileno(), 2)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+        try:
+            yield lines
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _cv_reason(exc: Exception) -> str:
+    """The readable part of a cv2.error ('... error: (-215:Assertion failed) X in function Y')."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.split(") ", 1)[-1].split(" in function")[0]
 
 
 def _is_grey(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
+def check_image_output(path: str | os.PathLike) -> Path:
+    """Check an output image path before any work: a file type OpenCV can write (.png,
+    .jpg, .tif, .bmp, .webp ...; no extension = PNG) and a path cminet may write (see
+    :mod:`cminet.runtime.files`). Creates nothing."""
+    path = check_output(path)
+    if path.suffix and not cv2.haveImageWriter(str(path)):
+        raise OutputError(f"{path}: cannot write {path.suffix!r} images; use .png (lossless), .tif or .bmp")
+    return path
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a uint8 grey or RGB image atomically (temp file + rename): a failure never
-    leaves a partial file behind."""
-    path = Path(path)
+    leaves a partial file behind. No extension (``/dev/stdout``, a FIFO) means PNG."""
+    path = check_image_output(path)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, encoded = cv2.imencode(path.suffix or ".png", bgr)
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".png", bgr)
+    except cv2.error as exc:
+        raise ImageError(f"{path}: OpenCV cannot encode this image ({_cv_reason(exc)})") from None
     if not ok:
-        raise ImageError(f"{path}: OpenCV cannot encode {path.suffix!r} images")
+        raise ImageError(f"{path}: OpenCV cannot encode {path.suffix or '.png'!r} images")
     write_bytes_atomic(path, encoded.tobytes())
 
 
@@ -116,8 +206,9 @@ def validate_image(image: np.ndarray, name: str) -> None:
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
         raise ImageError(f"{name}: expected H×W grey or H×W×3 RGB, got shape {image.shape}")
     h, w = image.shape[:2]
-    if min(h, w) < MIN_SIZE or max(h, w) > MAX_SIDE:
-        raise ImageError(f"{name}: size {h}×{w} is outside {MIN_SIZE}..{MAX_SIDE} pixels per side")
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"{name}: size {h}×{w} is outside the accepted range (both sides ≥ {MIN_SIDE} pixels)")
+    check_image_fits(h, w, name)
 
 
 def prepare_pair(mri: np.ndarray, other: np.ndarray) -> PreparedPair:

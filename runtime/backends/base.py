@@ -32,6 +32,7 @@ class Backend:
     precision = "fp32"
     input_dtype = np.dtype(np.float32)
     profile = ShapeProfile()
+    config_json: str | None = None  # the CMINetConfig the model was exported from, where it says
 
     def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         raise NotImplementedError

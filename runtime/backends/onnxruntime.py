@@ -13,7 +13,9 @@ from ..contract import (
     INPUT_NAMES,
     IO_CHANNELS,
     IO_RANK,
+    META_CONFIG,
     META_PRECISION,
+    MIN_SIDE,
     ONNX_TYPE_TO_DTYPE,
     ORT_OPTIMIZATION_LEVELS,
     ORT_PROVIDERS,
@@ -21,7 +23,9 @@ from ..contract import (
     backend_spec,
 )
 from ..errors import ModelFileError
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendUnavailable, ShapeProfile
+
+UNBOUNDED = 2**31 - 1  # a dynamic dimension beside fixed ones
 
 OPT_LEVELS = dict(zip(ORT_OPTIMIZATION_LEVELS, (
     ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -56,6 +60,20 @@ def check_io_contract(session: ort.InferenceSession, path: Path) -> None:
             raise ModelFileError(f"{path}: not a cminet model ({tensor.name} has shape {shape}; expected N×1×H×W)")
     if inputs[0].type != inputs[1].type:
         raise ModelFileError(f"{path}: not a cminet model (inputs have different dtypes)")
+    static = [tuple(d if isinstance(d, int) else None for d in t.shape) for t in (*inputs, *outputs)]
+    for dims in static[1:]:
+        if any(a is not None and b is not None and a != b for a, b in zip(static[0], dims, strict=True)):
+            raise ModelFileError(f"{path}: not a cminet model (fixed shapes differ: inputs/output "
+                                 f"{', '.join(str(list(t.shape)) for t in (*inputs, *outputs))})")
+
+
+def static_profile(session: ort.InferenceSession) -> ShapeProfile:
+    """The N×H×W range a graph with fixed dimensions accepts (any, for cminet's dynamic export)."""
+    n, _, h, w = (d if isinstance(d, int) and d > 0 else None for d in session.get_inputs()[0].shape)
+    lo = (n or 1, h or MIN_SIDE, w or MIN_SIDE)
+    if n is None and h is None and w is None:
+        return ShapeProfile(lo)
+    return ShapeProfile(lo, (n or UNBOUNDED, h or UNBOUNDED, w or UNBOUNDED))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -100,6 +118,8 @@ class OnnxRuntimeBackend(Backend):
             warnings.warn(f"{backend}: {wanted} could not run this model; running on {self.providers[0]}",
                           RuntimeWarning, stacklevel=3)
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.config_json = meta.get(META_CONFIG)
+        self.profile = static_profile(self.session)
         self.input_dtype = session_input_dtype(self.session)
         self.precision = meta.get(META_PRECISION, "fp16" if self.input_dtype == np.float16 else "fp32")
         self.output_name = self.session.get_outputs()[0].name
