@@ -23,10 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cminet.runtime import memory
 from cminet.runtime.backends.base import missing_requirement
 from cminet.runtime.contract import (
     BACKENDS,
     META_WEIGHTS_SHA256,
+    MIN_SIDE,
     PRECISIONS,
     REFERENCE_FILE,
     SHIPPED_ONNX,
@@ -36,7 +38,7 @@ from cminet.runtime.contract import (
     shipped_dir,
     shipped_onnx,
 )
-from cminet.runtime.errors import CMINetError
+from cminet.runtime.errors import CMINetError, MemoryLimitError
 
 from .machine import describe
 from .stats import fit_exponent
@@ -73,6 +75,42 @@ def _torch_cuda_available() -> bool:
     code = "import torch; print(torch.cuda.is_available())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return out.stdout.strip() == "True"
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sizes(sizes) -> list[tuple[int, int]]:
+    """[(H, W), ...] with both sides whole numbers ≥ MIN_SIDE, or a ContractError."""
+    bad = ContractError(f"sizes: expected a list of (H, W) pairs of whole numbers ≥ {MIN_SIDE}, got {sizes!r}")
+    if isinstance(sizes, str | bytes) or not sizes:
+        raise bad
+    try:
+        pairs = [(h, w) for h, w in sizes]
+    except (TypeError, ValueError):
+        raise bad from None
+    if any(not (_whole(h) and _whole(w)) or min(h, w) < MIN_SIDE for h, w in pairs):
+        raise bad
+    return pairs
+
+
+def check_memory(chosen: list[tuple[str, str]], sizes: list[tuple[int, int]], batches: list[int]) -> None:
+    """Refuse, before anything runs, a size and batch the machine cannot hold whole (the
+    benchmark measures whole images; ``cminet fuse`` tiles larger ones)."""
+    budget = memory.budget_bytes()
+    if budget is None:
+        return
+    for backend, precision in chosen:
+        for height, width in sizes:
+            for n in batches:
+                need = memory.network_peak_bytes(n, height, width, backend, precision)
+                if need is not None and need > budget:
+                    largest = memory.largest_square(backend, precision, budget, n=n)
+                    raise MemoryLimitError(
+                        f"{backend} {precision} at {n}×{height}×{width}: needs about {memory.human(need)}, "
+                        f"{memory.human(budget)} is available; the largest square that fits at batch {n} is "
+                        f"{largest}² (the benchmark runs whole images)")
 
 
 def select_backends(wanted: list[str] | None) -> list[tuple[str, str]]:
@@ -128,14 +166,13 @@ def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str 
 
 
 def _onnx_precision(path: str) -> str:
-    import onnxruntime as ort
+    """fp32 or fp16, from a model that passes the runtime's I/O contract (else ModelFileError)."""
+    from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    from cminet.runtime.contract import META_PRECISION
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
-    return meta.custom_metadata_map.get(META_PRECISION, "fp32")
+    backend = OnnxRuntimeBackend(Path(path), "ort-cpu", threads=1, optimization="disable")
+    precision = backend.precision
+    backend.close()
+    return precision if precision in PRECISIONS else "fp32"
 
 
 def _export(weights: str, folder: Path) -> None:
@@ -239,16 +276,22 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
     """Measure every (backend, precision) asked for (default: all present); return the
     report dict (machine, models, results, skipped, scaling, costs)."""
     for name, value in (("warmup", warmup), ("iters", iters)):
-        if not isinstance(value, int) or value < (1 if name == "iters" else 0):
+        if not _whole(value) or value < (1 if name == "iters" else 0):
             raise ContractError(f"{name}: expected a whole number ≥ {1 if name == 'iters' else 0}, got {value!r}")
-    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
-        raise ContractError(f"batches: expected whole numbers ≥ 1, got {list(batches)!r}")
+    if isinstance(batches, str | bytes) or not batches or any(not _whole(b) or b < 1 for b in batches):
+        raise ContractError(f"batches: expected whole numbers ≥ 1, got {batches!r}")
+    sizes = check_sizes(sizes)
+    if threads is not None and (not _whole(threads) or threads < 1):
+        raise ContractError(f"threads: expected None (all cores) or a whole number ≥ 1, got {threads!r}")
+    if isinstance(backends, str) or isinstance(models, str):
+        raise ContractError("backends, models: expected lists of names / paths, not one string")
     chosen = select_backends(list(backends) if backends else None)
+    check_memory(chosen, sizes, list(batches))
     workdir = Path(workdir)
-    progress("measuring the machine (matmul peak)")
-    machine = describe()
     progress("preparing models")
     files = prepare_models(chosen, workdir, weights, list(models))
+    progress("measuring the machine (matmul peak)")
+    machine = describe()
     costs = model_costs(files.get("weights"), list(sizes))
     threads = threads or os.cpu_count()
     sample_root = shipped_dir().parent / "samples" / SAMPLE[0]

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import click
 
-from cminet.cli import debug_option, friendly_errors
+from cminet.cli import CONTEXT, BoundaryCommand, require
 from cminet.runtime.contract import BACKENDS, ContractError, parse_size
+from cminet.runtime.files import atomic_output, check_output, write_text_atomic
 
 from .bench import run_benchmark
 from .machine import machine_slug
 from .roofline import estimate, load_profiles
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _fmt(value, spec: str, width: int) -> str:
@@ -63,7 +65,8 @@ def plot_latency(rows: list[dict], path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:].lower())
     plt.close(fig)
 
 
@@ -88,7 +91,7 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=BoundaryCommand, context_settings=CONTEXT)
 @click.option("--backends", default="auto", show_default=True,
               help=f"Comma-separated subset of {', '.join(BACKENDS)} (each at every precision it supports).")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
@@ -110,10 +113,8 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--no-drift", is_flag=True, help="Skip the drift check against FP32 PyTorch outputs.")
 @click.option("--workdir", default=".cminet-bench", show_default=True, type=click.Path(file_okay=False),
               help="Cache for models exported from --weights and built engines.")
-@debug_option
-@friendly_errors
 def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_path, record, plot, profiles,
-         profile_ops, no_drift, workdir, debug) -> None:
+         profile_ops, no_drift, workdir) -> None:
     """Measure CMINet on every backend present: latency p50/p90/p99, throughput, peak RSS,
     GPU memory, cold start, file size and drift against FP32 PyTorch. Works without torch
     (the shipped ONNX and reference outputs).
@@ -144,6 +145,19 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
     if not size_list:
         raise click.BadParameter(f"{sizes!r}: no size given", param_hint="--sizes")
     wanted = None if backends == "auto" else [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in wanted or [] if b not in BACKENDS]
+    if unknown or wanted == []:
+        raise click.BadParameter(f"{backends!r}: expected auto or backends from {', '.join(BACKENDS)}",
+                                 param_hint="--backends")
+    if weights or any(BACKENDS[b].runs == "weights" for b in wanted or []):
+        require("torch", "cminet-bench --weights / --backends torch-*")
+    if json_path:
+        check_output(json_path)
+    if plot:
+        check_output(plot)
+        if Path(plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise click.BadParameter(f"{plot}: expected a {', '.join(PLOT_SUFFIXES)} file", param_hint="--plot")
+        require("matplotlib", "cminet-bench --plot")
     report = run_benchmark(wanted, size_list, _int_list(batches, "--batch"), warmup, iters, weights, list(models),
                            drift=not no_drift, workdir=workdir, op_profile=profile_ops,
                            progress=lambda message: click.echo(f"• {message} ...", err=True))
@@ -180,8 +194,7 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
     if record:
         targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}.json")
     for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(target, json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {target}")
     if plot:
         plot_latency(report["results"], plot)

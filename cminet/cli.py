@@ -416,12 +416,13 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
             raise ImageError(f"{image}: no such file" if not Path(image).exists() else f"{image}: not a file")
     if single:
         check_image_output(output)
+    refs = []
     if samples:
         refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
-    else:
+    elif data is not None:
         refs = list_pairs(data, split_pairs(pairs) if pairs else discover_pairs(data), split)
-    if not refs and not single:
-        raise CMINetError(f"{data}: the {split} split lists no pairs")
+        if not refs:
+            raise CMINetError(f"{data}: the {split} split lists no pairs")
 
     use_torch = not model_file and (weights is not None or torch_installed())
     if use_torch:

@@ -63,6 +63,8 @@ def list_pairs(root: str | Path, pairs: list[str] | tuple[str, ...], split: str)
     root = Path(root)
     refs: list[PairRef] = []
     for pair in pairs:
+        if not _plain_name(pair):
+            raise CMINetError(f"pair type {pair!r}: expected a folder name under {root} such as {PAIR_TYPES[0]}")
         folder = root / pair
         if not (folder / "mri").is_dir() or not (folder / "other").is_dir():
             raise CMINetError(f"{folder}: expected {pair}/mri/ and {pair}/other/ folders")
@@ -72,9 +74,20 @@ def list_pairs(root: str | Path, pairs: list[str] | tuple[str, ...], split: str)
             listing = folder / f"{split}.txt"
             if not listing.is_file():
                 raise CMINetError(f"{listing}: no such split file (use --split all for every pair)")
-            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            try:
+                names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            except UnicodeDecodeError:
+                raise CMINetError(f"{listing}: not a text file of image names") from None
+            odd = next((n for n in names if not _plain_name(n)), None)
+            if odd is not None:
+                raise CMINetError(f"{listing}: {odd!r} is not a file name in {pair}/mri/")
         refs += [PairRef(root, pair, name) for name in names]
     return refs
+
+
+def _plain_name(name: str) -> bool:
+    """A file or folder name, not a path: nothing read or written may escape the root."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 class Fuses(Protocol):
