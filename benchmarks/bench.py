@@ -14,6 +14,7 @@ ships), so it needs no torch either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from cminet.runtime.contract import (
     shipped_dir,
     shipped_onnx,
 )
-from cminet.runtime.errors import CMINetError, MemoryLimitError
+from cminet.runtime.errors import CMINetError, SizeLimitError
 
 from .machine import describe
 from .stats import fit_exponent
@@ -71,6 +72,7 @@ def available_backends() -> list[tuple[str, str]]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def _torch_cuda_available() -> bool:
     code = "import torch; print(torch.cuda.is_available())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -107,7 +109,7 @@ def check_memory(chosen: list[tuple[str, str]], sizes: list[tuple[int, int]], ba
                 need = memory.network_peak_bytes(n, height, width, backend, precision)
                 if need is not None and need > budget:
                     largest = memory.largest_square(backend, precision, budget, n=n)
-                    raise MemoryLimitError(
+                    raise SizeLimitError(
                         f"{backend} {precision} at {n}×{height}×{width}: needs about {memory.human(need)}, "
                         f"{memory.human(budget)} is available; the largest square that fits at batch {n} is "
                         f"{largest}² (the benchmark runs whole images)")
@@ -128,13 +130,9 @@ def select_backends(wanted: list[str] | None) -> list[tuple[str, str]]:
     return [(b, p) for b, p in present if b in wanted]
 
 
-def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str | None,
-                   models: list[str]) -> dict[str, str]:
-    """Which file each model kind/precision uses: keys 'weights', 'fp32', 'fp16', 'engine'.
-
-    Given ``models`` win; else ONNX exported from ``weights`` (cached by their hash, needs
-    torch) or the shipped ONNX; an engine is built from the FP16 ONNX where a tensorrt
-    backend is asked for and none was given."""
+def given_models(models: list[str]) -> dict[str, str]:
+    """The user's model files by what they are ('fp32', 'fp16', 'engine', 'weights'), each
+    checked (exists, known type, an ONNX passes the runtime's I/O contract)."""
     files: dict[str, str] = {}
     for path in models:
         kind = model_kind(path)
@@ -144,6 +142,17 @@ def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str 
             files[_onnx_precision(path)] = str(path)
         else:
             files[kind] = str(path)
+    return files
+
+
+def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str | None,
+                   models: list[str] | dict[str, str]) -> dict[str, str]:
+    """Which file each model kind/precision uses: keys 'weights', 'fp32', 'fp16', 'engine'.
+
+    Given ``models`` win; else ONNX exported from ``weights`` (cached by their hash, needs
+    torch) or the shipped ONNX; an engine is built from the FP16 ONNX where a tensorrt
+    backend is asked for and none was given."""
+    files = dict(models) if isinstance(models, dict) else given_models(models)
     needs_torch = any(BACKENDS[b].runs == "weights" for b, _ in backends)
     if weights or needs_torch:
         files.setdefault("weights", str(weights or shipped_dir() / SHIPPED_WEIGHTS))
@@ -285,11 +294,18 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         raise ContractError(f"threads: expected None (all cores) or a whole number ≥ 1, got {threads!r}")
     if isinstance(backends, str) or isinstance(models, str):
         raise ContractError("backends, models: expected lists of names / paths, not one string")
+    unknown = [b for b in backends or [] if b not in BACKENDS]
+    if unknown:
+        raise ContractError(f"backends: unknown {', '.join(map(str, unknown))} (choose from {', '.join(BACKENDS)})")
+    # Sizes that cannot fit are refused before the (slow) probing of backends.
+    candidates = [(b, p) for b in backends for p in BACKENDS[b].precisions] if backends else [
+        (b, p) for b, p in memory.COSTS if b.startswith("ort-") and missing_requirement(b) is None]
+    check_memory(candidates, sizes, list(batches))
     chosen = select_backends(list(backends) if backends else None)
-    check_memory(chosen, sizes, list(batches))
+    given = given_models(list(models))  # the user's files are checked before anything is printed
     workdir = Path(workdir)
     progress("preparing models")
-    files = prepare_models(chosen, workdir, weights, list(models))
+    files = prepare_models(chosen, workdir, weights, given)
     progress("measuring the machine (matmul peak)")
     machine = describe()
     costs = model_costs(files.get("weights"), list(sizes))

@@ -20,7 +20,7 @@ import torch
 from cminet.checkpoint import load_checkpoint
 from cminet.model import CMINet
 from cminet.runtime.contract import SHIPPED_WEIGHTS, ContractError, shipped_dir
-from cminet.runtime.errors import MemoryLimitError, ModelFileError
+from cminet.runtime.errors import ModelFileError, SizeLimitError
 from cminet.runtime.imaging import finish_output, prepare_pair
 from cminet.runtime.memory import NetworkShape
 from cminet.runtime.tiling import SizePolicy, TilePlan, parse_tile, run_tiled
@@ -99,7 +99,7 @@ def _fuse(model: CMINet, mri: np.ndarray, other: np.ndarray, tile) -> tuple[np.n
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
                 raise
-            raise MemoryLimitError(f"out of {param.device.type.upper()} memory for a {a.shape[2]}×{a.shape[3]} "
+            raise SizeLimitError(f"out of {param.device.type.upper()} memory for a {a.shape[2]}×{a.shape[3]} "
                                    "image; fuse it in smaller tiles (tile=512, cminet fuse --tile 512)") from None
 
     plan = size_policy(model).plan(*pair.mri.shape, tile)

@@ -20,5 +20,6 @@ class OutputError(CMINetError):
     unknown image extension, or a FIFO nobody reads."""
 
 
-class MemoryLimitError(CMINetError):
-    """An input larger than this machine's memory can process (the message says what fits)."""
+class SizeLimitError(CMINetError):
+    """An input larger than this machine's memory (or the model's shape profile) can fuse;
+    the message says what fits."""

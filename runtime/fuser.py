@@ -36,7 +36,7 @@ from .contract import (
     model_kind,
     shipped_onnx,
 )
-from .errors import CMINetError, ImageError, MemoryLimitError, ModelFileError
+from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError
 from .imaging import finish_output, prepare_pair
 from .memory import NetworkShape
 from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
@@ -146,7 +146,7 @@ class Fuser:
         except CMINetError:
             raise
         except MemoryError:
-            raise MemoryLimitError(f"{self.path}: out of memory for input {'×'.join(map(str, mri.shape))}; "
+            raise SizeLimitError(f"{self.path}: out of memory for input {'×'.join(map(str, mri.shape))}; "
                                    "fuse() tiles large images") from None
         except Exception as exc:  # ORT / TensorRT raise their own types for a graph that cannot run this input
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .contract import PAD_MULTIPLE, ContractError
-from .errors import MemoryLimitError
+from .errors import SizeLimitError
 
 LIMIT_VARIABLE = "CMINET_MAX_MEMORY"
 BUDGET_FRACTION = 0.75  # of the memory available now: the rest is for the OS and other programs
@@ -166,10 +166,10 @@ def human(nbytes: float) -> str:
 
 
 def check_fits(nbytes: int, what: str) -> None:
-    """:class:`MemoryLimitError` when ``nbytes`` exceed this machine's budget."""
+    """:class:`SizeLimitError` when ``nbytes`` exceed this machine's budget."""
     budget = budget_bytes()
     if budget is not None and nbytes > budget:
-        raise MemoryLimitError(f"{what}: needs about {human(nbytes)} of memory, {human(budget)} is available "
+        raise SizeLimitError(f"{what}: needs about {human(nbytes)} of memory, {human(budget)} is available "
                                f"for it on this machine")
 
 

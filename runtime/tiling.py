@@ -19,7 +19,7 @@ import numpy as np
 
 from . import memory
 from .contract import MIN_SIDE, ContractError
-from .errors import MemoryLimitError
+from .errors import SizeLimitError
 from .memory import NetworkShape
 
 DEFAULT_MAX_TILE = 1024  # larger tiles cost more (attention) than they add in context
@@ -143,20 +143,23 @@ class SizePolicy:
                 f"{largest}²)")
 
     def plan(self, height: int, width: int, tile="auto") -> TilePlan | None:
-        """None: fuse whole; else the tiles. :class:`MemoryLimitError` when neither fits."""
+        """None: fuse whole; else the tiles. :class:`SizeLimitError` when neither fits."""
         tile = parse_tile(tile)
         if tile == "off" or (tile == "auto" and self.fits(1, height, width)):
             if not self.fits(1, height, width):
-                raise MemoryLimitError(f"{height}×{width} image: {self.explain(1, height, width)}; "
+                raise SizeLimitError(f"{height}×{width} image: {self.explain(1, height, width)}; "
                                        "fuse it in tiles instead (tile='auto'; cminet fuse --tile auto)")
             return None
         if tile == "auto":
             tile = min(DEFAULT_MAX_TILE, self.max_side or DEFAULT_MAX_TILE)
+            if tile < MIN_TILE:
+                raise SizeLimitError(f"{height}×{width} image: {self.explain(1, height, width)}, and tiles "
+                                       f"smaller than {MIN_TILE} px would fuse poorly")
             while tile > MIN_TILE and not self.fits(1, tile, tile):
                 tile -= MIN_SIDE
         plan = plan_tiles(height, width, tile)
         if not self.fits(1, plan.tile_h, plan.tile_w):
-            raise MemoryLimitError(f"{plan.tile_h}×{plan.tile_w} tiles: "
+            raise SizeLimitError(f"{plan.tile_h}×{plan.tile_w} tiles: "
                                    f"{self.explain(1, plan.tile_h, plan.tile_w)}")
         return plan
 
@@ -170,4 +173,4 @@ class SizePolicy:
     def check_whole(self, n: int, height: int, width: int) -> None:
         """Refuse one network call that does not fit (the raw ``infer`` API never tiles)."""
         if not self.fits(n, height, width):
-            raise MemoryLimitError(f"input {n}×1×{height}×{width}: {self.explain(n, height, width)}")
+            raise SizeLimitError(f"input {n}×1×{height}×{width}: {self.explain(n, height, width)}")

@@ -76,9 +76,9 @@ def test_engine_yes_without_tensorrt_fails_in_one_line(model, tmp_path):
     result = CliRunner().invoke(export_main, ["--weights", str(weights), "--out", str(tmp_path / "o"),
                                               "--engine", "yes", "--no-verify"])
     assert result.exit_code == 1
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: no engine built:") and "Traceback" not in result.output
-    assert (tmp_path / "o/cminet_fp16.onnx").is_file()  # the ONNX files are still there
+    assert result.stderr.startswith("error: --engine yes: no engine can be built here:")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # refused before anything was exported
 
 
 @pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT and a GPU are present here")

@@ -60,6 +60,10 @@ def check_io_contract(session: ort.InferenceSession, path: Path) -> None:
             raise ModelFileError(f"{path}: not a cminet model ({tensor.name} has shape {shape}; expected N×1×H×W)")
     if inputs[0].type != inputs[1].type:
         raise ModelFileError(f"{path}: not a cminet model (inputs have different dtypes)")
+    out_dims, in_dims = list(outputs[0].shape), list(inputs[0].shape)
+    swapped = [d for i, d in enumerate(out_dims) if isinstance(d, str) and d in in_dims and in_dims.index(d) != i]
+    if swapped:  # e.g. N×1×W×H out of N×1×H×W: a transposed image
+        raise ModelFileError(f"{path}: not a cminet model (output shape {out_dims} reorders the input's {in_dims})")
     static = [tuple(d if isinstance(d, int) else None for d in t.shape) for t in (*inputs, *outputs)]
     for dims in static[1:]:
         if any(a is not None and b is not None and a != b for a, b in zip(static[0], dims, strict=True)):
