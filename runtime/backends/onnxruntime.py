@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -110,10 +112,14 @@ class OnnxRuntimeBackend(Backend):
             chain.append(("CUDAExecutionProvider", {"device_id": device}))
         chain.append("CPUExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=chain)
+            # A failed load makes ORT print an "EP Error" banner to stdout and retry; keep our
+            # stdout for our own output, and report the failure as one line below.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(str(path), options, providers=chain)
         except Exception as exc:  # ORT raises several private exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+        self.session.disable_fallback()  # a provider failing at run time is an error, not a silent switch
         check_io_contract(self.session, path)
         self.name, self.path, self.requested, self.device = backend, path, wanted, device
         self.providers = self.session.get_providers()
