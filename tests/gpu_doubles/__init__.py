@@ -28,7 +28,7 @@ import pytest
 DOUBLES_DIR = Path(__file__).resolve().parent
 # fake_gpu's constants, read without importing it as the top-level module the doubles share.
 _spec = importlib.util.spec_from_file_location("_cminet_fake_gpu_constants", DOUBLES_DIR / "fake_gpu.py")
-_constants = importlib.util.module_from_spec(_spec)
+_constants = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_constants)
 FLAVOURS: dict[str, str] = _constants.FLAVOURS
 ENV: str = _constants.ENV
@@ -73,9 +73,10 @@ def installed(flavour: str):
             os.environ[ENV] = saved_env
 
 
-@pytest.fixture(params=sorted(FLAVOURS))
-def gpu_doubles(request):
-    """The doubles in-process, once per flavour; the value is the fake GPU."""
+@pytest.fixture(name="gpu_doubles", params=sorted(FLAVOURS))
+def gpu_doubles_fixture(request):
+    """``gpu_doubles``: the doubles in-process, once per flavour; the value is the fake GPU.
+    Import this function into a test module (any name) to make the fixture available."""
     with installed(request.param) as gpu:
         gpu.flavour = request.param
         yield gpu

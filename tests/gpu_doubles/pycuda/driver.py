@@ -167,6 +167,10 @@ class Stream:
         self._device = _driver("cuStreamCreate")
         self.handle = _GPU.create_stream(self._device)
 
+    def __del__(self):  # pycuda destroys the CUstream when the Stream object goes
+        if getattr(self, "handle", None) in _GPU.streams:
+            _GPU.destroy_stream(self.handle)
+
     def synchronize(self) -> None:
         _driver("cuStreamSynchronize")
         _GPU.synchronize(self.handle)
