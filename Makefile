@@ -6,7 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: demo test lint clean
+TYPESTUBS := $(VENV)/typestubs
+
+.PHONY: demo test lint gpu-check clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +28,28 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed lint
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed $(TYPESTUBS)/.installed
 	$(BIN)/ruff check .
+	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy
+
+# NVIDIA's TensorRT type stubs for mypy. --no-deps: they depend on the real tensorrt wheel.
+# --target keeps them out of site-packages, where a bare tensorrt/ folder would make
+# `import tensorrt` succeed. The published 10.13.0.35.1 .pyi does not parse as is (plugin
+# methods with a parameter named `in`, add_scale_nd's channel_axis without a default after
+# defaulted ones); the sed fixes only those lines, nothing cminet calls.
+$(TYPESTUBS)/.installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TYPESTUBS) tensorrt-stubs==10.13.0.35.1
+	sed -i -E 's/([(, ])in: /\1in_: /g; s/(power: Weights = None, channel_axis: int)\)/\1 = ...)/' \
+		$(TYPESTUBS)/tensorrt_bindings/tensorrt.pyi
+	touch $@
+
+## gpu-check: on a machine with an NVIDIA GPU, the checks a CPU cannot make (see
+## benchmarks/gpu_check.py); writes benchmarks/results/<gpu>-<date>.json. Runs the checkout
+## as it is with the machine's own Python (no venv, no install, no network); exits 0 saying
+## so where there is no GPU. Override: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--quick
+gpu-check:
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m cminet.benchmarks.gpu_check \
+		--out benchmarks/results $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

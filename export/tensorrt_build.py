@@ -65,9 +65,10 @@ class EngineBuild:
     device_memory_bytes: int  # activation memory of one execution context (the profile's max)
 
 
-def _dims(shape: tuple[int, int, int]) -> tuple[int, int, int, int]:
+def _dims(shape: tuple[int, int, int]) -> list[int]:
+    """N×H×W → the N×1×H×W list ``trt.Dims`` takes."""
     n, h, w = shape
-    return (n, 1, h, w)
+    return [n, 1, h, w]
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAULT_MIN_SHAPE,
@@ -83,10 +84,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
     if not onnx_path.is_file():
         raise CMINetError(f"{onnx_path}: no such file")
     try:
-        trt = import_tensorrt()
+        import_tensorrt()
         cuda = open_cuda(device)
     except (BackendUnavailable, CudaUnavailable) as exc:
         raise TensorRTUnavailable(str(exc)) from None
+    import tensorrt as trt
+
     with cuda, cuda.activate():  # the context is current for the build and released after it
         gpu = cuda.device_info()
         logger = trt.Logger(trt.Logger.WARNING)
@@ -102,7 +105,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector reports layer types
         profile = builder.create_optimization_profile()
         for name in INPUT_NAMES:
-            profile.set_shape(name, _dims(min_shape), _dims(opt_shape), _dims(max_shape))
+            profile.set_shape(name, trt.Dims(_dims(min_shape)), trt.Dims(_dims(opt_shape)), trt.Dims(_dims(max_shape)))
         config.add_optimization_profile(profile)
         cache_path = Path(timing_cache) if timing_cache else None
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
@@ -116,7 +119,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
         plan = bytes(serialized)
         if cache_path:
             write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-        fp16_layers, total_layers, device_memory = inspect_engine(trt, logger, plan)
+        fp16_layers, total_layers, device_memory = inspect_engine(logger, plan)
         del parser, network, config, builder  # TensorRT objects go while the context is current
     if fp16_layers == 0:
         raise CMINetError(f"{onnx_path}: the engine has no FP16 layer (is this the FP16 ONNX?)")
@@ -145,9 +148,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_shape=DEFAU
     return EngineBuild(engine_path, sidecar, seconds, fp16_layers, total_layers, device_memory)
 
 
-def inspect_engine(trt: Any, logger: Any, plan: bytes) -> tuple[int, int, int]:
+def inspect_engine(logger: Any, plan: bytes) -> tuple[int, int, int]:
     """(layers with an FP16 output, all layers, activation bytes) of a serialized engine.
     Call with the CUDA context current."""
+    import tensorrt as trt
+
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise CMINetError("TensorRT could not deserialise the engine it just built (see its log above)")
@@ -196,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 shapes.append(parse_shape(text))
             except ContractError as exc:
                 raise ContractError(f"{flag}: {exc}") from None
-        build = build_engine(args.onnx, args.engine, *shapes, workspace_mib=args.workspace,
+        min_shape, opt_shape, max_shape = shapes
+        build = build_engine(args.onnx, args.engine, min_shape, opt_shape, max_shape, workspace_mib=args.workspace,
                              timing_cache=args.timing_cache, device=args.device)
     except CMINetError as exc:
         print(f"error: {exc}", file=sys.stderr)

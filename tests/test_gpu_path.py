@@ -381,3 +381,39 @@ def test_cminet_export_engine_yes_builds_on_the_doubles(tmp_path):
     report = json.loads((tmp_path / "out/export_report.json").read_text())
     assert report["engine"]["built"] is True and report["engine"]["fp16_layers"] > 0
     assert (tmp_path / "out/cminet_fp16.engine.json").is_file()
+
+
+# -- make gpu-check ---------------------------------------------------------------------------
+def test_gpu_check_without_a_gpu_exits_0_and_says_so(tmp_path):
+    proc = subprocess.run(["make", "-s", "gpu-check", f"PYTHON={sys.executable}", f"GPU_CHECK_ARGS=--out {tmp_path}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gpu-check: no NVIDIA GPU here, nothing to check (" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_on_the_doubles_runs_stage_b_and_reports(fp16_onnx, tmp_path):
+    """On pycuda + TensorRT 10.3 doubles (no torch CUDA, no ORT GPU providers): the CUDA and
+    TensorRT steps run, the others print one line each saying why they were skipped, and
+    the JSON renders as README rows. The numbers are the doubles', not a GPU's."""
+    import shutil
+
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    shutil.copy(fp16_onnx, onnx_dir / "cminet_fp16.onnx")
+    shutil.copy(fp16_onnx.with_name("cminet.onnx"), onnx_dir / "cminet.onnx")
+    proc = subprocess.run([sys.executable, "-m", "cminet.benchmarks.gpu_check", "--quick", "--out", str(tmp_path),
+                           "--onnx-dir", str(onnx_dir)], capture_output=True, text=True,
+                          env=subprocess_env("trt10.3-pycuda"), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("skipped ")]
+    assert [line.split(":")[0] for line in skipped] == ["skipped torch-latency", "skipped ort-cuda-parity",
+                                                        "skipped ort-trt-vs-native"]
+    (result,) = tmp_path.glob("nvidia-jetson-orin-nano-*.json")
+    report = json.loads(result.read_text())
+    assert set(report["steps"]) == {"pinned-round-trip", "runtime-threads", "engine-build", "engine-parity",
+                                    "engine-latency", "version-refusal"}
+    assert report["steps"]["engine-build"]["fp16_layers"] > 0 and report["failed"] == []
+    rendered = subprocess.run([sys.executable, "-m", "cminet.benchmarks.report", str(result)], capture_output=True,
+                              text=True, cwd=REPO, timeout=60).stdout
+    assert "| tensorrt | fp16 | 256×256 | 1 |" in rendered and "skipped torch-latency:" in rendered

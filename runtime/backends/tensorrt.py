@@ -131,6 +131,7 @@ class TensorRTBackend(Backend):
         except CudaUnavailable as exc:
             raise BackendUnavailable(f"tensorrt: {exc}") from None
         self.trt, self.meta, self.device = trt, meta, device
+        self.runtime: Any = None
         self.engine: Any = None
         self.context: Any = None
         self.stream: Any = None
@@ -140,12 +141,14 @@ class TensorRTBackend(Backend):
         self._device_ptrs: dict[str, int] = {}
         try:
             with self.cuda.activate():
-                self._load(path, trt)
+                self._load(path)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, path: Path, trt: Any) -> None:
+    def _load(self, path: Path) -> None:
+        import tensorrt as trt
+
         assert self.cuda is not None
         self.gpu = self.cuda.device_info()
         engine_bytes = path.read_bytes()
