@@ -392,6 +392,7 @@ def test_gpu_check_without_a_gpu_exits_0_and_says_so(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_gpu_check_on_the_doubles_runs_stage_b_and_reports(fp16_onnx, tmp_path):
     """On pycuda + TensorRT 10.3 doubles (no torch CUDA, no ORT GPU providers): the CUDA and
     TensorRT steps run, the others print one line each saying why they were skipped, and
