@@ -6,9 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
+<<<<<<< HEAD
 TYPESTUBS := $(VENV)/typestubs
 
 .PHONY: demo test lint gpu-check clean
+=======
+.PHONY: demo test lint clean shipped-onnx
+>>>>>>> main
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +27,12 @@ demo: $(BIN)/.installed
 	$(BIN)/cminet fuse --samples --out $(OUT)/fused
 	$(BIN)/cminet-export --fp16 --out $(OUT)/export
 	$(BIN)/cminet-bench --quick --json $(OUT)/bench.json --workdir $(OUT)/bench-cache
+
+## shipped-onnx: re-export cminet/weights/cminet.onnx, cminet_fp16.onnx and reference_outputs.npz
+## from the shipped weights (run after changing them; a test checks they still match)
+shipped-onnx: $(BIN)/.installed
+	$(BIN)/cminet-export --fp16 --engine no --out $(OUT)/shipped
+	cp $(OUT)/shipped/cminet.onnx $(OUT)/shipped/cminet_fp16.onnx $(OUT)/shipped/reference_outputs.npz cminet/weights/
 
 ## test: lint, then the whole pytest suite (CPU; GPU tests skip themselves)
 test: $(BIN)/.installed lint

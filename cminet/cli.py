@@ -1,7 +1,8 @@
-"""The ``cminet`` command line: ``cminet info``, and the commands added by later modules.
+"""The ``cminet`` command line: info, train, fuse, evaluate.
 
 Every command prints bad-input problems as one line and exits non-zero; ``--debug``
-(before the command name) shows the full traceback instead.
+(before or after the command name, as in ``cminet-export`` and ``cminet-bench``) shows the
+full traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,22 @@ import sys
 import click
 
 from cminet import __version__
+from cminet.runtime import contract
 from cminet.runtime.errors import CMINetError
+
+
+def _debugging() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("debug"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def debug_option(func):
+    """``--debug``: the same flag, with the same meaning, on every command of the three CLIs."""
+    return click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")(func)
 
 
 def friendly_errors(func):
@@ -23,8 +39,7 @@ def friendly_errors(func):
         try:
             return func(*args, **kwargs)
         except (CMINetError, OSError) as exc:
-            ctx = click.get_current_context()
-            if ctx.find_root().params.get("debug"):
+            if _debugging():
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -34,7 +49,7 @@ def friendly_errors(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cminet")
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@debug_option
 def main(debug: bool) -> None:
     """CMINet cross-modality medical image fusion (MRI with CT, PET or SPECT).
 
@@ -48,12 +63,13 @@ def main(debug: bool) -> None:
 @main.command()
 @click.option("--size", default="256x256", show_default=True, help="H×W at which to count FLOPs, e.g. 512x512.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
+@debug_option
 @friendly_errors
-def info(size: str, weights: str | None) -> None:
+def info(size: str, weights: str | None, debug: bool) -> None:
     """Print the model config, parameter count and FLOPs at SIZE."""
     from cminet.model import CMINet, count_flops, count_parameters
 
-    height, width = parse_size(size)
+    height, width = contract.parse_size(size)
     if weights:
         from cminet.checkpoint import load_checkpoint
 
@@ -95,9 +111,10 @@ def info(size: str, weights: str | None) -> None:
               help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
 @click.option("--w-qabf", default=0.0, show_default=True,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
+@debug_option
 @friendly_errors
 def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
+          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, debug) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -106,8 +123,8 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     """
     from pathlib import Path
 
-    from cminet.data import PAIR_TYPES, discover_pairs
     from cminet.losses import LossWeights
+    from cminet.runtime.folders import PAIR_TYPES, discover_pairs
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
 
@@ -144,11 +161,15 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
               help="Fuse with an exported .onnx or .engine through the torch-free runtime instead.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
-              help="Runtime backend for --model.")
+              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]),
+              help="Runtime backend for --model (or the shipped ONNX).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
+              help="Which shipped ONNX the runtime uses when neither --weights nor --model is given.")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda).")
+@debug_option
 @friendly_errors
-def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, device) -> None:
+def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, precision, device,
+         debug) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -158,6 +179,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
       cminet fuse --data ../shared/data/harvard --split test --out fused/
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
+
+    Without --weights or --model, the PyTorch model runs where torch is installed (the
+    training install); the torch-free runtime runs the shipped ONNX otherwise.
     """
 
     from pathlib import Path
@@ -178,10 +202,10 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         if not Path(image).is_file():  # before loading any model: fail fast on a typo
             raise ImageError(f"{image}: no such file")
 
-    if model_file:
+    if model_file or (weights is None and not torch_installed()):
         from cminet.runtime import Fuser
 
-        fuser = Fuser(model_file, backend=backend)
+        fuser = Fuser(model_file, backend=backend, precision=precision)
     else:
         from cminet.fusion import TorchFuser
 
@@ -218,8 +242,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
+@debug_option
 @friendly_errors
-def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
+def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> None:
     """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
     VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
 
@@ -232,9 +257,10 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
     from pathlib import Path
 
     from cminet.baselines import BASELINES, BaselineFuser
-    from cminet.data import discover_pairs, list_pairs, split_validation
+    from cminet.data import split_validation
     from cminet.evaluate import FolderMethod, comparison_sheet, markdown, rank, run_evaluation, summarise, write_outputs
     from cminet.fusion import TorchFuser
+    from cminet.runtime.folders import discover_pairs, list_pairs
 
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     refs = list_pairs(data, chosen, "train" if split == "val" else split)
@@ -277,18 +303,10 @@ def split_pairs(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'256', '256x320' or '256×320' → (H, W)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size like 256 or 256x320") from None
-    if len(dims) == 1:
-        dims *= 2
-    if len(dims) != 2 or min(dims) < 16:
-        raise click.BadParameter(f"{text!r}: need H and W of at least 16")
-    return dims[0], dims[1]
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 if __name__ == "__main__":

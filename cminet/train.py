@@ -22,10 +22,11 @@ import torch
 from tqdm import tqdm
 
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from cminet.data import PAIR_TYPES, FusionPairs, list_pairs, split_validation
+from cminet.data import FusionPairs, split_validation
 from cminet.losses import FusionLoss, LossWeights
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.folders import PAIR_TYPES, list_pairs
 
 
 @dataclass

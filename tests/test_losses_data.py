@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from cminet.data import PairRef, list_pairs, split_validation
+from cminet.data import split_validation
 from cminet.losses import FusionLoss, LossWeights, crop_vif, gradient_magnitude, qabf, ssim, vif
 from cminet.metrics import qabf as qabf_metric
 from cminet.metrics import vif_pixel
+from cminet.runtime.folders import PairRef, list_pairs
 from cminet.runtime.imaging import finish_output, prepare_pair, rgb_to_ycbcr, ycbcr_to_rgb
 
 from .helpers import write_dataset
