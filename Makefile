@@ -6,13 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-<<<<<<< HEAD
 TYPESTUBS := $(VENV)/typestubs
 
-.PHONY: demo test lint gpu-check clean
-=======
-.PHONY: demo test lint clean shipped-onnx
->>>>>>> main
+.PHONY: demo test lint gpu-check clean shipped-onnx
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from cminet.runtime.compare import psnr
 from cminet.runtime.files import write_bytes_atomic
 
 from .machine import cpu_model, git_commit, versions
-from .stats import latency_summary, psnr, throughput_ips
+from .stats import latency_summary, throughput_ips
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SIZES = ((256, 1), (512, 1), (1024, 1), (1024, 4))  # (side, batch); 4×1024² is the default engine profile's max
