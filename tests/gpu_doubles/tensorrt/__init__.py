@@ -79,7 +79,8 @@ def nptype(trt_type: DataType):
 
 
 def volume(iterable) -> int:
-    return int(np.prod(list(iterable))) if len(list(iterable)) else 1
+    values = list(iterable)
+    return int(np.prod(values)) if values else 1
 
 
 if TRT11:

@@ -43,7 +43,7 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
 
 
 class cudaStream_t:  # noqa: N801
-    def __init__(self, init_value: int = 0, _ptr: int = 0):
+    def __init__(self, init_value: int = 0):
         self._handle = int(init_value)
 
     def __int__(self) -> int:
@@ -69,7 +69,7 @@ class cudaDeviceProp:  # noqa: N801
         self.totalGlobalMem = device.total
 
 
-def _call(name: str, work, needs_device: bool = True):
+def _call(name: str, work):
     _GPU.count(name)
     try:
         _GPU.check_driver(_NEEDS_MAJOR)
