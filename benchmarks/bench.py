@@ -127,15 +127,23 @@ def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str 
     return files
 
 
-def _onnx_precision(path: str) -> str:
+def _onnx_metadata(path: str) -> dict[str, str]:
+    """The model's metadata_props, read with ONNX Runtime (the base install has no onnx)."""
     import onnxruntime as ort
-
-    from cminet.runtime.contract import META_PRECISION
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
-    return meta.custom_metadata_map.get(META_PRECISION, "fp32")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises private exception types for bad files
+        raise CMINetError(f"{path}: not a loadable ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _onnx_precision(path: str) -> str:
+    from cminet.runtime.contract import META_PRECISION
+
+    return _onnx_metadata(path).get(META_PRECISION, "fp32")
 
 
 def _export(weights: str, folder: Path) -> None:
@@ -183,10 +191,7 @@ def _weights_sha(model: str) -> str | None:
     if kind == "weights":
         return hashlib.sha256(Path(model).read_bytes()).hexdigest()
     if kind == "onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
-        return props.get(META_WEIGHTS_SHA256)
+        return _onnx_metadata(model).get(META_WEIGHTS_SHA256)
     return None  # engines: trust the reference beside them
 
 
