@@ -127,15 +127,23 @@ def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str 
     return files
 
 
-def _onnx_precision(path: str) -> str:
+def _onnx_metadata(path: str) -> dict[str, str]:
+    """The model's metadata_props, read with ONNX Runtime (the base install has no onnx)."""
     import onnxruntime as ort
-
-    from cminet.runtime.contract import META_PRECISION
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
-    return meta.custom_metadata_map.get(META_PRECISION, "fp32")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises private exception types for bad files
+        raise CMINetError(f"{path}: not a loadable ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _onnx_precision(path: str) -> str:
+    from cminet.runtime.contract import META_PRECISION
+
+    return _onnx_metadata(path).get(META_PRECISION, "fp32")
 
 
 def _export(weights: str, folder: Path) -> None:
@@ -160,13 +168,13 @@ def model_for(backend: str, precision: str, files: dict[str, str]) -> str:
     return files[runs] if runs in ("weights", "engine") else files[precision]
 
 
-def reference_for(model: str) -> tuple[str | None, str]:
-    """The drift reference for ``model`` and where it came from; None (with the reason)
-    when the only reference there is belongs to other weights."""
+def reference_for(model: str, export_dir: Path) -> tuple[str | None, str]:
+    """The drift reference for ``model`` and where it came from: beside the model, in the
+    folder its ONNX were exported to, or the shipped one, whichever belongs to the same
+    weights; None (with the reason) when none does."""
     import numpy as np
 
-    beside = Path(model).with_name(REFERENCE_FILE)
-    candidates = [beside, shipped_dir() / REFERENCE_FILE]
+    candidates = [Path(model).with_name(REFERENCE_FILE), export_dir / REFERENCE_FILE, shipped_dir() / REFERENCE_FILE]
     expected = _weights_sha(model)
     for path in candidates:
         if not path.is_file():
@@ -183,10 +191,7 @@ def _weights_sha(model: str) -> str | None:
     if kind == "weights":
         return hashlib.sha256(Path(model).read_bytes()).hexdigest()
     if kind == "onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
-        return props.get(META_WEIGHTS_SHA256)
+        return _onnx_metadata(model).get(META_WEIGHTS_SHA256)
     return None  # engines: trust the reference beside them
 
 
@@ -258,7 +263,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
     for backend, precision in chosen:
         progress(f"{backend} {precision}")
         model = model_for(backend, precision, files)
-        reference, note = reference_for(model) if drift else (None, "drift not asked for")
+        reference, note = reference_for(model, Path(files["fp32"]).parent) if drift else (None, "drift not asked for")
         drift_notes[f"{backend}/{precision}"] = note
         spec = {"backend": backend, "precision": precision, "model": model, "sizes": [list(s) for s in sizes],
                 "batches": list(batches), "warmup": warmup, "iters": iters, "threads": threads,

@@ -119,7 +119,7 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
 
     \b
     Example (the shipped weights):
-      cminet train --data ../shared/data/harvard --out runs/default --epochs 100
+      cminet train --data path/to/harvard --out runs/default --epochs 100
     """
     from pathlib import Path
 
@@ -176,7 +176,7 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
     One pair (PET/SPECT output is RGB with the PET/SPECT colours restored):
       cminet fuse mri.png pet.png -o fused.png
     Every test pair of a dataset, written to OUT/<pair>/<name>.png:
-      cminet fuse --data ../shared/data/harvard --split test --out fused/
+      cminet fuse --data path/to/harvard --split test --out fused/
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
 
@@ -250,9 +250,9 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> 
 
     \b
     The README table:
-      cminet evaluate --data ../shared/data/harvard --split test
+      cminet evaluate --data path/to/harvard --split test
     Add a published method's outputs:
-      cminet evaluate --data ../shared/data/harvard --fused U2Fusion=results/u2fusion
+      cminet evaluate --data path/to/harvard --fused U2Fusion=results/u2fusion
     """
     from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Training, readable in one sitting (nanoGPT style): no trainer framework.
 
-    python -m cminet.cli train --data ../shared/data/harvard --out runs/default
+    python -m cminet.cli train --data path/to/harvard --out runs/default
 
 Writes to ``--out``: ``best.safetensors`` (lowest validation loss) and ``last.safetensors``
 (each with a ``.json`` config beside it), ``last.state.safetensors`` (optimizer state for
