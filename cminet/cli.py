@@ -74,7 +74,10 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-4, show_default=True, type=float, help="Adam learning rate (cosine-decayed).")
+@click.option("--lr", default=2e-4, show_default=True, type=float,
+              help="Adam learning rate (cosine-decayed) for one process's --batch-size.")
+@click.option("--lr-scaling", default="sqrt", show_default=True, type=click.Choice(["sqrt", "linear", "none"]),
+              help="Under torchrun: scale --lr by √N (Adam), N, or not at all for N processes' global batch.")
 @click.option("--crop", default=64, show_default=True, type=click.IntRange(min=16), help="Random crop size.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and log.csv.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
@@ -96,13 +99,15 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--w-qabf", default=0.0, show_default=True,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
 @friendly_errors
-def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
+def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
+          reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
     Example (the shipped weights):
       cminet train --data ../shared/data/harvard --out runs/default --epochs 100
+    DistributedDataParallel on N GPUs (or CPU processes), --batch-size per process:
+      torchrun --standalone --nproc_per_node=N -m cminet train --data ... --out ...
     """
     from pathlib import Path
 
@@ -119,13 +124,16 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
-                        lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
+                        lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
+                        max_minutes=max_minutes,
                         init=Path(init) if init else None, reset_head=reset_head,
                         loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
         sys.exit(130)
+    if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(f"done: {summary['epochs_run']} epochs in {summary['wall_seconds'] / 60:.1f} min, "
                f"best validation loss {summary['best_val']:.4f} -> {summary['out']}/best.safetensors")
 
