@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# `cminet serve` gets its own environment: PyTriton 0.7 requires numpy < 2 (see README "Serving").
+SERVE_VENV ?= .venv-serve
+SERVE_BIN := $(SERVE_VENV)/bin
 OUT ?= out
 
 .PHONY: demo test lint clean
@@ -12,7 +15,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,triton]"
+	touch $@
+
+# The serving environment the serve tests start `cminet serve` from: no torch, numpy < 2.
+$(SERVE_BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_BIN)/python -m pip install --quiet --upgrade pip
+	$(SERVE_BIN)/python -m pip install --quiet -e ".[serve]"
 	touch $@
 
 ## demo: the main job: fuse the shipped samples → export (FP32 + FP16 ONNX, engine where
@@ -23,11 +33,11 @@ demo: $(BIN)/.installed
 	$(BIN)/cminet-bench --quick --json $(OUT)/bench.json --workdir $(OUT)/bench-cache
 
 ## test: lint, then the whole pytest suite (CPU; GPU tests skip themselves)
-test: $(BIN)/.installed lint
-	$(BIN)/python -m pytest -q
+test: $(BIN)/.installed $(SERVE_BIN)/.installed lint
+	CMINET_SERVE_PYTHON=$(SERVE_BIN)/python $(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(OUT) build *.egg-info

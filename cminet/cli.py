@@ -155,8 +155,14 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
               type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
               help="Runtime backend for --model.")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda).")
+@click.option("--server", metavar="URL",
+              help="Run the network on a Triton server (cminet serve, or tritonserver with the cminet-export "
+                   "--triton repository), e.g. http://127.0.0.1:8000.")
+@click.option("--server-model", default="cminet", show_default=True,
+              help="With --server: the Triton model (cminet_onnx or cminet_trt for the exported repository).")
 @friendly_errors
-def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, device) -> None:
+def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, device, server,
+         server_model) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -166,6 +172,8 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
       cminet fuse --data ../shared/data/harvard --split test --out fused/
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
+    One pair through a Triton server (see cminet serve):
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
     """
 
     from pathlib import Path
@@ -180,13 +188,18 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         raise click.UsageError("a single pair needs MRI, OTHER and -o OUTPUT")
     if not single and out is None:
         raise click.UsageError("--data and --samples need --out DIR")
-    if model_file and weights:
-        raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
+    if sum(x is not None for x in (model_file, weights, server)) > 1:
+        raise click.UsageError("--weights (PyTorch), --model (runtime) and --server (Triton) are alternatives: "
+                               "give one")
     for image in (mri, other) if single else ():
         if not Path(image).is_file():  # before loading any model: fail fast on a typo
             raise ImageError(f"{image}: no such file")
 
-    if model_file:
+    if server:
+        from cminet.serve import TritonFuser
+
+        fuser = TritonFuser(server, server_model)
+    elif model_file:
         from cminet.runtime import Fuser
 
         fuser = Fuser(model_file, backend=backend)
@@ -212,6 +225,49 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         for name, reason in report.failed:
             click.echo(f"  {name}: {reason}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put TLS and auth in front for a network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve Triton's gRPC protocol on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Prometheus metrics on this port.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="Exported .onnx or .engine to serve; default: the runtime's default (the shipped FP32 ONNX).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]), help="Runtime backend.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Largest batch Triton's dynamic batcher forms from concurrent requests of one size.")
+@click.option("--benchmark", is_flag=True,
+              help="Instead of serving: measure requests/s and p50/p99 latency for 1, 4 and 8 concurrent "
+                   "clients against the local runtime and against this server, print a table, exit.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096), help="With --benchmark: H = W.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --benchmark: measuring time per row.")
+@friendly_errors
+def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max_batch_size, benchmark, size,
+          seconds) -> None:
+    """Serve fusion with NVIDIA Triton Inference Server (through PyTriton; torch-free).
+
+    \b
+    The network is Triton model 'cminet': inputs mri, other (FP32 N×1×H×W in [0, 1]),
+    output fused; concurrent requests of one size are batched. Clients:
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
+    or any Triton client (HTTP/REST, gRPC). Needs: pip install 'cminet[serve]'.
+    Measure it (one run, the README table):
+      cminet serve --benchmark --model cminet.onnx
+    """
+    from cminet import serve as serving
+
+    if benchmark:
+        results = serving.benchmark(model_file, size=size, seconds=seconds, max_batch_size=max_batch_size,
+                                    log=lambda line: click.echo(line, err=True))
+        click.echo(serving.markdown_table(results, size))
+        return
+    serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                  max_batch_size=max_batch_size, backend=backend, threads=threads, log=click.echo)
 
 
 @main.command()
