@@ -266,8 +266,11 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
                                     log=lambda line: click.echo(line, err=True))
         click.echo(serving.markdown_table(results, size))
         return
-    serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
-                  max_batch_size=max_batch_size, backend=backend, threads=threads, log=click.echo)
+    try:
+        serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      max_batch_size=max_batch_size, backend=backend, threads=threads, log=click.echo)
+    except KeyboardInterrupt:  # stopped while starting: tritonserver is already stopped
+        sys.exit(130)
 
 
 @main.command()

@@ -80,8 +80,10 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
                           "environment: it requires numpy < 2)") from None
     from cminet.runtime import Fuser
 
+    for option, number in (("--port", port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+        if number is not None:
+            _check_port_free(host, number, option)
     fuser = Fuser(model, backend=backend, threads=threads) if model else Fuser(backend=backend, threads=threads)
-    _check_port_free(host, port, "--port")
 
     @batch
     def infer(mri: np.ndarray, other: np.ndarray) -> dict:
@@ -286,6 +288,20 @@ def stop_server(process: subprocess.Popen, timeout: float = 30.0) -> int:
     return process.returncode
 
 
+def model_counters(metrics_port: int, host: str = "127.0.0.1", model_name: str = MODEL_NAME) -> dict[str, float]:
+    """Triton's Prometheus counters for one model: ``nv_inference_count`` (pairs inferred),
+    ``nv_inference_exec_count`` (network runs: fewer when requests were batched) and
+    ``nv_inference_request_success``."""
+    with urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counters = {}
+    for name in ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success"):
+        found = re.search(rf'^{name}{{[^}}]*model="{re.escape(model_name)}"[^}}]*}} (\S+)$', text, re.MULTILINE)
+        if found:
+            counters[name] = float(found.group(1))
+    return counters
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -300,6 +316,7 @@ class LoadResult:
     requests: int
     seconds: float
     latencies_ms: list[float]
+    mean_batch: float | None = None  # pairs per network run, from Triton's counters
 
     @property
     def requests_per_s(self) -> float:
@@ -310,10 +327,10 @@ class LoadResult:
 
 
 def run_load(make_infer, clients: int, seconds: float, inputs: tuple[np.ndarray, np.ndarray],
-             warmup: int = 2) -> tuple[int, float, list[float]]:
+             warmup: int = 2, on_start=None) -> tuple[int, float, list[float]]:
     """``clients`` threads, each with its own ``make_infer()``, warm up with ``warmup``
-    requests, then send one request after another for ``seconds``, all starting together;
-    returns (requests, wall seconds, latencies in ms)."""
+    requests, then send one request after another for ``seconds``, all starting together
+    (``on_start()`` runs just before); returns (requests, wall seconds, latencies in ms)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[Exception] = []
     warmed, go = threading.Barrier(clients + 1), threading.Event()
@@ -340,6 +357,8 @@ def run_load(make_infer, clients: int, seconds: float, inputs: tuple[np.ndarray,
     for t in threads:
         t.start()
     warmed.wait()
+    if on_start is not None:
+        on_start()
     began = time.monotonic()
     deadline[0] = began + seconds
     go.set()
@@ -358,6 +377,7 @@ def benchmark(model: str | Path | None = None, size: int = 256, clients: tuple[i
     ``Fuser.infer`` from threads), then against ``cminet serve`` in a child process."""
     from cminet.runtime import Fuser
 
+    log(f"1-minute load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     rng = np.random.default_rng(0)
     inputs = tuple(rng.random((1, 1, size, size), dtype=np.float32) for _ in INPUT_NAMES)
     results = []
@@ -366,24 +386,38 @@ def benchmark(model: str | Path | None = None, size: int = 256, clients: tuple[i
         for n in clients:
             log(f"local runtime, {n} client(s) ...")
             results.append(LoadResult("local runtime", n, *run_load(lambda: fuser.infer, n, seconds, inputs)))
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log(f"starting cminet serve on 127.0.0.1:{port} ...")
-    server = start_server("--model", model_path, "--max-batch-size", str(max_batch_size), port=port)
+    server = start_server("--model", model_path, "--max-batch-size", str(max_batch_size),
+                          "--metrics-port", str(metrics_port), port=port)
+    url = f"http://127.0.0.1:{port}"
+
+    def served(n: int) -> LoadResult:
+        before: dict = {}  # Triton's counters once the clients are warm
+        row = LoadResult("cminet serve (Triton, HTTP)", n,
+                         *run_load(lambda: TritonFuser(url).infer, n, seconds, inputs,
+                                   on_start=lambda: before.update(model_counters(metrics_port))))
+        after = model_counters(metrics_port)
+        runs = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+        row.mean_batch = (after["nv_inference_count"] - before["nv_inference_count"]) / max(runs, 1)
+        return row
+
     try:
-        url = f"http://127.0.0.1:{port}"
         for n in clients:
             log(f"Triton over HTTP, {n} client(s) ...")
-            results.append(LoadResult("cminet serve (Triton, HTTP)", n,
-                                      *run_load(lambda: TritonFuser(url).infer, n, seconds, inputs)))
+            results.append(served(n))
     finally:
         stop_server(server)
+    log(f"1-minute load average after: {os.getloadavg()[0]:.2f}")
     return results
 
 
 def markdown_table(results: list[LoadResult], size: int) -> str:
-    rows = [f"| target ({size}×{size}, 1 pair per request) | clients | requests/s | p50 ms | p99 ms | requests |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [f"| target ({size}×{size}, 1 pair per request) | clients | requests/s | p50 ms | p99 ms | requests "
+            "| pairs per network run |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        batch = "1 (no batching)" if r.mean_batch is None else f"{r.mean_batch:.2f}"
         rows.append(f"| {r.target} | {r.clients} | {r.requests_per_s:.1f} | {r.percentile(50):.1f} | "
-                    f"{r.percentile(99):.1f} | {r.requests} |")
+                    f"{r.percentile(99):.1f} | {r.requests} | {batch} |")
     return "\n".join(rows)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import sysconfig
 import threading
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from cminet.serve import (
     ServerError,
     TritonFuser,
     free_port,
+    model_counters,
     python_library_env,
     server_message,
     split_url,
@@ -65,14 +66,6 @@ def server(onnx_model, tmp_path_factory):
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "metrics_port": metrics_port, "process": process,
            "log": log}
     stop_server(process)
-
-
-def metric(server, name: str) -> float:
-    """A counter of model 'cminet' from Triton's Prometheus endpoint."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server['metrics_port']}/metrics", timeout=10).read().decode()
-    match = re.search(rf'^{name}{{[^}}]*model="cminet"[^}}]*}} (\S+)$', text, re.MULTILINE)
-    assert match, f"{name} not in the metrics"
-    return float(match.group(1))
 
 
 def port_open(port: int) -> bool:
@@ -114,7 +107,7 @@ def test_concurrent_requests_are_batched(server, onnx_model):
     pairs = [tuple(rng.random((1, 1, SIDE, SIDE), dtype=np.float32) for _ in range(2)) for _ in range(CLIENTS)]
     with Fuser(onnx_model, backend="ort-cpu") as local:
         expected = [local.infer(a, b) for a, b in pairs]
-    requests_before, executions_before = metric(server, "nv_inference_count"), metric(server, "nv_inference_exec_count")
+    before = model_counters(server["metrics_port"])
     results: dict[int, list] = {}
     start = threading.Barrier(CLIENTS)
 
@@ -132,8 +125,9 @@ def test_concurrent_requests_are_batched(server, onnx_model):
     for k, outputs in results.items():
         for out in outputs:  # batched with other clients' pairs, the result is still this pair's
             np.testing.assert_allclose(out, expected[k], atol=1e-4)
-    requests = metric(server, "nv_inference_count") - requests_before
-    executions = metric(server, "nv_inference_exec_count") - executions_before
+    after = model_counters(server["metrics_port"])
+    requests = after["nv_inference_count"] - before["nv_inference_count"]
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
     assert requests == CLIENTS * REQUESTS_EACH
     assert executions < requests, f"dynamic batching formed no batch ({executions:.0f} runs for {requests:.0f})"
 
@@ -171,6 +165,15 @@ def test_unreachable_or_wrong_model_is_one_line(server, tmp_path):
                                            "-o", str(tmp_path / "x.png")])
         assert result.exit_code == 1 and words in result.output, result.output
         assert result.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_one_line(server):
+    result = subprocess.run([str(SERVE_PYTHON), "-m", "cminet", "serve", "--port", str(server["port"])],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: --port {server['port']}: cannot listen on 127.0.0.1:{server['port']} " \
+                                    "(Address already in use)"
 
 
 @pytest.mark.slow
