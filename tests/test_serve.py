@@ -15,7 +15,6 @@ import sysconfig
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -23,6 +22,7 @@ from click.testing import CliRunner
 from cminet.cli import main
 from cminet.runtime import Fuser
 from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, list_pairs
+from cminet.runtime.imaging import read_image
 from cminet.serve import (
     ServerError,
     TritonFuser,
@@ -38,7 +38,7 @@ from cminet.serve import (
 from .test_triton import shipped_fp32_onnx
 
 REPO = Path(__file__).resolve().parents[1]
-SERVE_PYTHON = Path(os.environ.get("CMINET_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python"))
+SERVE_PYTHON = Path(os.environ.get("CMINET_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python")).absolute()
 CLIENTS, REQUESTS_EACH, SIDE = 8, 2, 128  # 16 concurrent requests: a few seconds on 2 cores
 
 
@@ -82,14 +82,9 @@ def test_fuse_server_matches_local_fusion_on_the_samples(server, onnx_model, tmp
     refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
     with Fuser(onnx_model, backend="ort-cpu") as local:
         for ref in refs:
-            mri = cv2.imread(str(ref.mri_path), cv2.IMREAD_UNCHANGED)
-            other = cv2.cvtColor(cv2.imread(str(ref.other_path)), cv2.COLOR_BGR2RGB) if ref.pair != "ct_mri" \
-                else cv2.imread(str(ref.other_path), cv2.IMREAD_UNCHANGED)
-            expected = local.fuse(mri, other)
-            served = cv2.imread(str(out / ref.pair / ref.name), cv2.IMREAD_UNCHANGED)
-            if served.ndim == 3:
-                served = cv2.cvtColor(served, cv2.COLOR_BGR2RGB)
-            assert served.shape == expected.shape, ref.name  # PET/SPECT come back in colour
+            expected = local.fuse(read_image(ref.mri_path), read_image(ref.other_path))
+            served = read_image(out / ref.pair / ref.name)
+            assert served.shape == expected.shape == ((256, 256) if ref.pair == "ct_mri" else (256, 256, 3)), ref.name
             assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1, ref.name
 
     single = tmp_path / "one.png"
@@ -97,8 +92,7 @@ def test_fuse_server_matches_local_fusion_on_the_samples(server, onnx_model, tmp
     result = CliRunner().invoke(main, ["fuse", "--server", server["url"], str(ref.mri_path), str(ref.other_path),
                                        "-o", str(single)])
     assert result.exit_code == 0, result.output
-    assert np.array_equal(cv2.imread(str(single), cv2.IMREAD_UNCHANGED),
-                          cv2.imread(str(out / ref.pair / ref.name), cv2.IMREAD_UNCHANGED))
+    assert np.array_equal(read_image(single), read_image(out / ref.pair / ref.name))
 
 
 @pytest.mark.slow
