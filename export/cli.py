@@ -45,15 +45,20 @@ def done(started: float, extra: str = "") -> None:
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
+              help="Also write a Triton model repository here: cminet_onnx (FP32 ONNX) and, where an engine "
+                   "was built, cminet_trt; max_batch_size from --max-shape's N (needs cminet[triton]).")
 @debug_option
 @friendly_errors
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, slim, no_verify, debug) -> None:
+         timing_cache, slim, no_verify, triton_dir, debug) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
     Typical use (the FP16 engine is built only where TensorRT and a GPU are present):
       cminet-export --fp16
+    With a Triton Inference Server model repository (serve it with tritonserver):
+      cminet-export --fp16 --triton triton/
     On the Jetson itself, after copying exported/cminet_fp16.onnx there:
       cminet-export --fp16 --engine yes --max-shape 1x1024x1024 --timing-cache trt.cache
     """
@@ -67,6 +72,10 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
     from .verify import as_json, verify_export, write_reference
 
     shapes = validate_profile(min_shape, opt_shape, max_shape)
+    if triton_dir:  # fail before the export, not after it, when the schema is missing
+        from .triton import schema
+
+        schema()
     want_engine = engine_mode == "yes" or (engine_mode == "auto" and fp16)
     out = Path(out)
     model = load_pretrained(weights)
@@ -115,6 +124,16 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
             report["engine"] = {"built": True, "path": str(build.engine), "sidecar": str(build.sidecar),
                                 "build_seconds": build.build_seconds, "fp16_layers": build.fp16_layers,
                                 "total_layers": build.total_layers}
+
+    if triton_dir and not failed:  # only verified files go into a serving repository
+        from .triton import write_model_repository
+
+        t = step(f"writing the Triton model repository {triton_dir}")
+        engine = report.get("engine", {})
+        configs = write_model_repository(triton_dir, fp32_path, max_batch_size=shapes[2][0],
+                                         engine=engine["path"] if engine.get("built") else None, engine_onnx=fp16_path)
+        done(t, f" → {', '.join(c.parent.name for c in configs)}")
+        report["triton"] = {"repository": str(triton_dir), "models": [c.parent.name for c in configs]}
 
     (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"• report → {out / 'export_report.json'}")
