@@ -418,3 +418,25 @@ def test_gpu_check_on_the_doubles_runs_stage_b_and_reports(fp16_onnx, tmp_path):
     rendered = subprocess.run([sys.executable, "-m", "cminet.benchmarks.report", str(result)], capture_output=True,
                               text=True, cwd=REPO, timeout=60).stdout
     assert "| tensorrt | fp16 | 256×256 | 1 |" in rendered and "skipped torch-latency:" in rendered
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["trt10.3-pycuda", "trt11.1-cudapython13"])
+def test_bench_measures_the_engine_with_only_tensorrt_and_cuda_bindings(tmp_path, flavour):
+    """Audit items 1 and 2: ``cminet-bench --backends tensorrt`` on a machine like a Jetson
+    (TensorRT + cuda-python or pycuda, CPU-only torch and ONNX Runtime) finds the backend,
+    builds the engine from the shipped FP16 ONNX, hands the worker the engine's path (not
+    a description of the build) and reports latency, GPU memory and drift."""
+    from cminet.runtime.contract import TOLERANCES
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "cminet.benchmarks.cli", "--backends", "tensorrt", "--quick",
+                           "--iters", "3", "--json", str(out), "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=600, env=subprocess_env(flavour), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["skipped"] == []
+    (row,) = report["results"]
+    assert (row["backend"], row["precision"]) == ("tensorrt", "fp16") and row["model"].endswith(".engine")
+    assert row["latency_ms"]["p50"] > 0 and row["gpu_mem_mb"] is not None
+    assert 0 < row["drift"]["max_abs"] <= TOLERANCES["fp16"].max_abs and row["drift"]["count"] == 3
