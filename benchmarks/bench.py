@@ -14,8 +14,10 @@ ships), so it needs no torch either.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -174,6 +176,20 @@ def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str 
     return files
 
 
+def _onnx_metadata(path: str) -> dict[str, str]:
+    """The model's metadata_props, read with ONNX Runtime (the base install has no onnx)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints an "EP Error" banner for bad files
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises private exception types for bad files
+        raise CMINetError(f"{path}: not a loadable ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
 def _onnx_precision(path: str) -> str:
     """fp32 or fp16, from a model that passes the runtime's I/O contract (else ModelFileError)."""
     from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -229,10 +245,7 @@ def _weights_sha(model: str) -> str | None:
     if kind == "weights":
         return hashlib.sha256(Path(model).read_bytes()).hexdigest()
     if kind == "onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
-        return props.get(META_WEIGHTS_SHA256)
+        return _onnx_metadata(model).get(META_WEIGHTS_SHA256)
     return None  # engines: trust the reference beside them
 
 

@@ -49,30 +49,33 @@ class DeviceMemory:
 
 
 def _mem_get_info():
-    """A function returning device-used MB, initialising the primary context first; None
-    when no CUDA bindings are importable."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            import torch
-        except ImportError:
-            return None
-        if not torch.cuda.is_available():
-            return None
+    """A function returning device-used MB, with the CUDA context already current; None
+    where no CUDA bindings (cuda-python, pycuda, or torch's) see a GPU."""
+    from cminet.runtime.cuda import CudaUnavailable, open_cuda
 
-        def used_torch() -> float:
-            free, total = torch.cuda.mem_get_info()
+    try:
+        cuda = open_cuda(0)  # cuda-python, else pycuda: what the TensorRT backend uses
+    except CudaUnavailable:
+        cuda = None
+    if cuda is not None:
+        def used() -> float:
+            with cuda.activate():
+                free, total = cuda.mem_info()
             return (total - free) / 2**20
 
-        return used_torch
-    cudart.cudaFree(0)  # create the primary context so the baseline includes it
+        return used
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
 
-    def used() -> float:
-        err, free, total = cudart.cudaMemGetInfo()
-        return float("nan") if int(err) else (total - free) / 2**20
+    def used_torch() -> float:
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
 
-    return used
+    return used_torch
 
 
 def peak_rss_mb() -> float:

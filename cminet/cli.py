@@ -283,7 +283,10 @@ def info(size: tuple[int, int], weights: str | None) -> None:
 @click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-4, show_default=True, type=POSITIVE, help="Adam learning rate (cosine-decayed).")
+@click.option("--lr", default=2e-4, show_default=True, type=POSITIVE,
+              help="Adam learning rate (cosine-decayed) for one process's --batch-size.")
+@click.option("--lr-scaling", default="sqrt", show_default=True, type=click.Choice(["sqrt", "linear", "none"]),
+              help="Under torchrun: scale --lr by √N (Adam), N, or not at all for N processes' global batch.")
 @click.option("--crop", default=64, show_default=True, type=click.IntRange(min=16), help="Random crop size.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and log.csv.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
@@ -308,13 +311,15 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
 @click.option("--w-qabf", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
-def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
+def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
+          reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
     Example (the shipped weights):
       cminet train --data path/to/harvard --out runs/default --epochs 100
+    DistributedDataParallel on N GPUs (or CPU processes), --batch-size per process:
+      torchrun --standalone --nproc_per_node=N -m cminet train --data ... --out ...
     """
     require("torch", "cminet train")
     from pathlib import Path
@@ -346,12 +351,15 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     if init:
         load_checkpoint(init)
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
-                        lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
-                        init=Path(init) if init else None, reset_head=reset_head, loss=LossWeights(*weights))
+                        lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
+                        max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
+                        loss=LossWeights(*weights))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
         sys.exit(130)
+    if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(f"done: {summary['epochs_run']} epochs in {summary['wall_seconds'] / 60:.1f} min, "
                f"best validation loss {summary['best_val']:.4f} -> {summary['out']}/best.safetensors")
 
@@ -377,8 +385,13 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
               help="Which shipped ONNX the runtime uses when neither --weights nor --model is given.")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda, cuda:N).")
 @click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
+@click.option("--server", metavar="URL",
+              help="Run the network on a Triton server (cminet serve, or tritonserver with the cminet-export "
+                   "--triton repository), e.g. http://127.0.0.1:8000.")
+@click.option("--server-model", default="cminet", show_default=True,
+              help="With --server: the Triton model (cminet_onnx or cminet_trt for the exported repository).")
 def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, precision, device,
-         tile) -> None:
+         tile, server, server_model) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -388,9 +401,11 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
       cminet fuse --data path/to/harvard --split test --out fused/
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
+    One pair through a Triton server (see cminet serve):
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
 
-    Without --weights or --model, the PyTorch model runs where torch is installed (the
-    training install); the torch-free runtime runs the shipped ONNX otherwise.
+    Without --weights, --model or --server, the PyTorch model runs where torch is installed
+    (the training install); the torch-free runtime runs the shipped ONNX otherwise.
     """
 
     from pathlib import Path
@@ -409,8 +424,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         raise click.UsageError("--data and --samples need --out DIR")
     if single and out is not None:
         raise click.UsageError("--out is for --data / --samples; a single pair is written to -o OUTPUT")
-    if model_file and weights:
-        raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
+    if sum(x is not None for x in (model_file, weights, server)) > 1:
+        raise click.UsageError("--weights (PyTorch), --model (runtime) and --server (Triton) are alternatives: "
+                               "give one")
     for image in (mri, other) if single else ():
         if not Path(image).is_file():  # before loading any model: fail fast on a typo
             raise ImageError(f"{image}: no such file" if not Path(image).exists() else f"{image}: not a file")
@@ -424,8 +440,12 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         if not refs:
             raise CMINetError(f"{data}: the {split} split lists no pairs")
 
-    use_torch = not model_file and (weights is not None or torch_installed())
-    if use_torch:
+    use_torch = not server and not model_file and (weights is not None or torch_installed())
+    if server:
+        from cminet.serve import TritonFuser
+
+        fuser = TritonFuser(server, server_model)
+    elif use_torch:
         require("torch", "cminet fuse --weights")
         from cminet.fusion import TorchFuser, torch_device
 
@@ -453,6 +473,51 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         for name, reason in report.failed:
             click.echo(f"  {name}: {reason}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put TLS and auth in front for a network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve Triton's gRPC protocol on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Prometheus metrics on this port.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="Exported .onnx or .engine to serve; default: the runtime's default (the shipped FP32 ONNX).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]), help="Runtime backend.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Largest batch Triton's dynamic batcher forms from concurrent requests of one size.")
+@click.option("--benchmark", is_flag=True,
+              help="Instead of serving: measure requests/s and p50/p99 latency for 1, 4 and 8 concurrent "
+                   "clients against the local runtime and against this server, print a table, exit.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096), help="With --benchmark: H = W.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --benchmark: measuring time per row.")
+def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max_batch_size, benchmark, size,
+          seconds) -> None:
+    """Serve fusion with NVIDIA Triton Inference Server (through PyTriton; torch-free).
+
+    \b
+    The network is Triton model 'cminet': inputs mri, other (FP32 N×1×H×W in [0, 1]),
+    output fused; concurrent requests of one size are batched. Clients:
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
+    or any Triton client (HTTP/REST, gRPC). Needs: pip install 'cminet[serve]'.
+    Measure it (one run, the README table):
+      cminet serve --benchmark --model cminet.onnx
+    """
+    from cminet import serve as serving
+
+    if benchmark:
+        results = serving.benchmark(model_file, size=size, seconds=seconds, max_batch_size=max_batch_size,
+                                    log=lambda line: click.echo(line, err=True))
+        click.echo(serving.markdown_table(results, size))
+        return
+    try:
+        serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      max_batch_size=max_batch_size, backend=backend, threads=threads, log=click.echo)
+    except KeyboardInterrupt:  # stopped while starting: tritonserver is already stopped
+        sys.exit(130)
 
 
 @main.command()
@@ -533,6 +598,8 @@ class _Tiling:
         self.fuser, self.tile = fuser, tile
 
     def fuse(self, mri, other):
+        if not hasattr(self.fuser, "last_plan"):  # a server fuses what it is sent
+            return self.fuser.fuse(mri, other)
         fused = self.fuser.fuse(mri, other, tile=self.tile)
         if self.fuser.last_plan is not None:
             click.echo(f"note: {self.fuser.last_plan.describe()} (too large to fuse whole here)", err=True)

@@ -52,13 +52,18 @@ def done(started: float, extra: str = "") -> None:
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
+              help="Also write a Triton model repository here: cminet_onnx (FP32 ONNX) and, where an engine "
+                   "was built, cminet_trt; max_batch_size from --max-shape's N (needs cminet[triton]).")
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, slim, no_verify) -> None:
+         timing_cache, slim, no_verify, triton_dir) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
     Typical use (the FP16 engine is built only where TensorRT and a GPU are present):
       cminet-export --fp16
+    With a Triton Inference Server model repository (serve it with tritonserver):
+      cminet-export --fp16 --triton triton/
     On the Jetson itself, after copying exported/cminet_fp16.onnx there:
       cminet-export --fp16 --engine yes --max-shape 1x1024x1024 --timing-cache trt.cache
     """
@@ -77,6 +82,10 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
         shapes = validate_profile(min_shape, opt_shape, max_shape)
     except CMINetError as exc:
         raise click.UsageError(f"--min-shape/--opt-shape/--max-shape: {exc}") from None
+    if triton_dir:  # fail before the export, not after it, when the schema is missing
+        from .triton import schema
+
+        schema()
     want_engine = engine_mode == "yes" or (engine_mode == "auto" and fp16)
     out = Path(out)
     names = [SHIPPED_ONNX["fp32"], REFERENCE_FILE, REPORT_FILE]
@@ -135,6 +144,15 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
                                     "sidecar": str(out / build.sidecar.name), "build_seconds": build.build_seconds,
                                     "fp16_layers": build.fp16_layers, "total_layers": build.total_layers}
 
+        if triton_dir and not failed:  # only verified files go into a serving repository
+            from .triton import write_model_repository
+
+            t = step(f"writing the Triton model repository {triton_dir}")
+            engine = stage / ENGINE_FILE if ENGINE_FILE in final else None
+            configs = write_model_repository(triton_dir, fp32_path, max_batch_size=shapes[2][0], engine=engine,
+                                             engine_onnx=fp16_path)
+            done(t, f" → {', '.join(c.parent.name for c in configs)}")
+            report["triton"] = {"repository": str(triton_dir), "models": [c.parent.name for c in configs]}
         if failed:  # nothing unverified reaches the output folder: only the report that says why
             report["files"] = {"fp32": None, "fp16": None, "discarded": "verification failed"}
             final = {}

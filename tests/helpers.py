@@ -71,15 +71,21 @@ def non_max_rule_model(seed: int = 0, config=None):
     return model
 
 
+# What `pip install .` does not bring: the [train] extra's packages.
+TRAIN_ONLY_MODULES = ("torch", "safetensors", "onnx", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib")
+
+
 def torch_free_env(tmp_path: Path) -> dict:
-    """Environment for a subprocess that behaves as if torch were not installed: a
-    sitecustomize sets ``sys.modules['torch'] = None`` (so ``import torch`` fails and
-    ``importlib.util.find_spec('torch')`` is None), inherited by any child process."""
+    """Environment for a subprocess that behaves like the base install (`pip install .`):
+    a sitecustomize sets ``sys.modules[name] = None`` for torch and the rest of the [train]
+    extra (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
+    inherited by any child process."""
     import os
 
     site = tmp_path / "no_torch_site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {TRAIN_ONLY_MODULES!r}:\n"
+                                           "    sys.modules[name] = None\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -26,6 +26,7 @@ from ..contract import (
 )
 from ..errors import ModelFileError
 from .base import Backend, BackendUnavailable, ShapeProfile
+from .tensorrt import DEFAULT_ENGINE_PROFILE
 
 UNBOUNDED = 2**31 - 1  # a dynamic dimension beside fixed ones
 
@@ -82,6 +83,37 @@ def static_profile(session: ort.InferenceSession) -> ShapeProfile:
     return ShapeProfile(lo, (n or UNBOUNDED, h or UNBOUNDED, w or UNBOUNDED))
 
 
+def _profile_option(shape: tuple[int, int, int]) -> str:
+    """One TRT EP profile option value: 'mri:1x1x256x256,other:1x1x256x256'."""
+    n, h, w = shape
+    return ",".join(f"{name}:{n}x1x{h}x{w}" for name in INPUT_NAMES)
+
+
+def provider_chain(backend: str, path: Path, device: int) -> list:
+    """ONNX Runtime's provider list for ``backend`` on CUDA device ``device``: the requested
+    execution provider first, CUDA (for ort-trt) and CPU behind it for what it cannot run."""
+    chain: list = []
+    if backend == "ort-trt":
+        lo, opt, hi = DEFAULT_ENGINE_PROFILE
+        chain.append(("TensorrtExecutionProvider", {
+            "device_id": device,
+            # No trt_fp16_enable: with it ONNX Runtime builds a *weakly* typed network (ORT PR
+            # 24298) and TensorRT may run in FP16 the ops the FP16 export kept in FP32
+            # (LayerNorm, Softmax, Reduce*, Pow, Sqrt, Div). Without it the network is strongly
+            # typed and follows the graph's own types, like cminet's native engine.
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(path.parent / ".ort-trt-cache"),
+            # The native engine's profile, so a larger input does not rebuild the engine.
+            "trt_profile_min_shapes": _profile_option(lo),
+            "trt_profile_opt_shapes": _profile_option(opt),
+            "trt_profile_max_shapes": _profile_option(hi),
+        }))
+    if backend in ("ort-trt", "ort-cuda"):
+        chain.append(("CUDAExecutionProvider", {"device_id": device}))
+    chain.append("CPUExecutionProvider")
+    return chain
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: Path, name: str = "ort-cpu", device: int = 0, threads: int | None = None,
                  optimization: str = "all", **_options):
@@ -103,14 +135,7 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = OPT_LEVELS[optimization]
         options.log_severity_level = 3
-        chain: list = []
-        if backend == "ort-trt":
-            chain.append((wanted, {"device_id": device, "trt_fp16_enable": True,
-                                   "trt_engine_cache_enable": True,
-                                   "trt_engine_cache_path": str(path.parent / ".ort-trt-cache")}))
-        if backend in ("ort-trt", "ort-cuda"):
-            chain.append(("CUDAExecutionProvider", {"device_id": device}))
-        chain.append("CPUExecutionProvider")
+        chain = provider_chain(backend, path, device)
         try:
             # A failed load makes ORT print an "EP Error" banner to stdout and retry; keep our
             # stdout for our own output, and report the failure as one line below.
