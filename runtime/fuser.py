@@ -163,8 +163,10 @@ class Fuser:
         b = self.backend
         shape = NetworkShape.from_config_json(getattr(b, "config_json", None))
         top = b.profile.max
+        # Tiles run one per call unless an engine profile offers batches (its memory is fixed
+        # at its maximum shape anyway); on a CPU batching adds memory, not speed.
         return SizePolicy(b.name, b.precision, shape, max_side=min(top[1], top[2]) if top else None,
-                          max_batch=min(top[0], DEFAULT_BATCH_LIMIT) if top else 4)
+                          max_batch=min(top[0], DEFAULT_BATCH_LIMIT) if top else 1)
 
     def _network(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         """Float H×W pair → float32 H×W, whole or in tiles (``self.last_plan``)."""
