@@ -350,6 +350,8 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
         raise CMINetError(f"{data}: the train split of {', '.join(chosen)} lists no pairs")
     if init:
         load_checkpoint(init)
+    if resume and not (Path(out) / "last.safetensors").is_file():
+        raise CMINetError(f"{Path(out) / 'last.safetensors'}: nothing to resume from")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,

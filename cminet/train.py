@@ -203,7 +203,6 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
     seed_everything(opts.seed + dist.rank)
     lr = scaled_lr(opts.lr, dist.world_size, opts.lr_scaling)
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     say = print if dist.is_main else (lambda *args, **kwargs: None)
 
     refs = list_pairs(opts.data, opts.pairs, "train")  # the test split is never read here
@@ -242,6 +241,7 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
         info = load_training_state(out / "last.state.safetensors", optimizer)
         start_epoch, best_val = info["next_epoch"], info["best_val"]
         say(f"resuming at epoch {start_epoch + 1} (best validation loss so far {best_val:.4f})")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder behind
     net = data_parallel(model, dist, device)  # runs the steps; `model` is what gets saved and validated
 
     def lr_at(epoch: int) -> float:  # cosine decay, per epoch

@@ -169,8 +169,10 @@ def check_image_output(path: str | os.PathLike) -> Path:
     .jpg, .tif, .bmp, .webp ...; no extension = PNG) and a path cminet may write (see
     :mod:`cminet.runtime.files`). Creates nothing."""
     path = check_output(path)
-    if path.suffix and not cv2.haveImageWriter(str(path)):
-        raise OutputError(f"{path}: cannot write {path.suffix!r} images; use .png (lossless), .tif or .bmp")
+    suffix = path.suffix
+    # Only the extension goes to OpenCV: a file name that is not valid UTF-8 crashes it.
+    if suffix and not (suffix.isascii() and suffix.isprintable() and cv2.haveImageWriter(f"x{suffix}")):
+        raise OutputError(f"{path}: cannot write {suffix!r} images; use .png (lossless), .tif or .bmp")
     return path
 
 

@@ -130,7 +130,7 @@ def write_models(folder: Path) -> None:
 def write_dataset(folder: Path) -> None:
     from .helpers import write_dataset as synthetic
 
-    synthetic(folder / "data", pairs=("ct_mri",), n=4, size=48)
+    synthetic(folder / "data", pairs=("ct_mri",), n=9, size=48)
     nosplit = folder / "nosplit" / "ct_mri"
     shutil.copytree(folder / "data" / "ct_mri" / "mri", nosplit / "mri")
     shutil.copytree(folder / "data" / "ct_mri" / "other", nosplit / "other")

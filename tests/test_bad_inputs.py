@@ -63,6 +63,7 @@ CLI_CASES = [
     Case("broken-jpeg", "cminet", "fuse {a}/notpng.jpg {a}/ct.png -o {t}/o.png", 1, "not a readable image"),
     # -- cminet fuse: outputs ---------------------------------------------------------------
     Case("unknown-extension", "cminet", FUSE + " -o {t}/out.xyz", 1, "cannot write '.xyz'"),
+    Case("undecodable-name", "cminet", FUSE + " -o {t}/\udcff.xyz", 1, "cannot write '.xyz'"),  # crashed OpenCV
     Case("output-is-folder", "cminet", FUSE + " -o {t}", 2, "directory"),
     Case("output-parent-is-file", "cminet", FUSE + " -o {a}/afile/o.png", 1, "not a folder"),
     Case("out-is-file", "cminet", "fuse --samples --out {a}/afile", 2, "is a file"),
@@ -122,6 +123,9 @@ CLI_CASES = [
     Case("unknown-pair-type", "cminet", "train --data {a}/data --out {t}/run --pairs xray_mri", 2, "xray_mri"),
     Case("missing-data", "cminet", "train --data {a}/nowhere --out {t}/run", 2, "does not exist"),
     Case("train-no-split", "cminet", "train --data {a}/nosplit --out {t}/run", 1, "no such split file"),
+    Case("crop-larger-than-images", "cminet", "train --data {a}/data --out {t}/run --epochs 1", 1,
+         "smaller than the 64×64 training crop"),
+    Case("resume-nothing", "cminet", "train --data {a}/data --out {t}/run --resume", 1, "nothing to resume from"),
     Case("init-garbage", "cminet", "train --data {a}/data --out {t}/run --init {a}/garbage.safetensors", 1,
          "garbage.safetensors"),
     Case("init-nan", "cminet", "train --data {a}/data --out {t}/run --init {a}/nan.safetensors", 1, "nan or inf"),
