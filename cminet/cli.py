@@ -60,8 +60,12 @@ def one_line(text: str) -> str:
     return joined if len(joined) <= MAX_MESSAGE else joined[: MAX_MESSAGE - 1] + "…"
 
 
+_MODULE_OF = {"cuda-python": "cuda", "nvidia-pytriton": "pytriton", "opencv-python-headless": "cv2"}  # dist → module
+
+
 def install_hint(module: str) -> str:
-    """'pip install "cminet[train]"' for a module an extra of the installed cminet provides."""
+    """``pip install 'cminet[train]'`` for a module that an extra of the installed cminet
+    provides (read from the package's metadata, so new extras need no change here)."""
     from importlib import metadata
 
     wanted = module.split(".")[0].lower()
@@ -78,9 +82,6 @@ def install_hint(module: str) -> str:
             extra = marker.split("extra ==")[1].strip().strip("'\"")
             return f"pip install 'cminet[{extra}]'"
     return f"pip install {module.split('.')[0]}"
-
-
-_MODULE_OF = {"cuda-python": "cuda", "nvidia-pytriton": "pytriton", "opencv-python-headless": "cv2"}
 
 
 def describe_failure(exc: BaseException) -> tuple[str, int]:

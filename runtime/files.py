@@ -16,6 +16,7 @@ Errors name the path the caller gave, never the temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -86,6 +87,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     if kind == "file" and not os.access(path, os.W_OK):
         raise OutputError(f"{path}: the file exists and is read-only")
     target = Path(os.path.realpath(path))  # a symlink is followed: its target is replaced, the link stays
+    created = [folder for folder in target.parents if not folder.exists()]  # removed again on failure
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException as exc:
         _blame_user_path(exc, tmp, path)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     finally:
         if tmp is not None:

@@ -291,9 +291,11 @@ def test_a_symlink_is_followed_and_kept(assets, tmp_path):
 
 
 def test_errors_name_the_users_path_not_the_temporary_file(tmp_path):
+    """A failing write (a full disk) names the user's path and takes back the temporary file
+    and the folders it created."""
     from cminet.runtime.files import atomic_output
 
-    out = tmp_path / "result.bin"
+    out = tmp_path / "new" / "folder" / "result.bin"
     with pytest.raises(OSError) as caught, atomic_output(out) as tmp:
         raise OSError(28, "No space left on device", str(tmp))
     assert caught.value.filename == str(out) and ".tmp" not in str(caught.value)
