@@ -5,8 +5,8 @@ co-registered by construction. A hot lesion sits at :data:`LESION_CENTRE`.
 
     python -m cminet.runtime.volume_phantom out/phantom     # mri.nii.gz, pet.nii.gz, ct.nii.gz
 
-Not anatomy: ellipsoids for scalp, skull, brain and ventricles, and a sinusoidally folded
-grey-matter ribbon, enough to see whether fusion keeps structure and colour.
+Not anatomy: ellipsoids for scalp, skull, brain, deep grey nuclei and ventricles, and a
+sinusoidally folded grey-matter ribbon, enough to see whether fusion keeps structure and colour.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import numpy as np
 
 from .volume_io import Volume, save_nifti
 
-LESION_CENTRE = np.array([30.0, 8.0, 6.0])  # world RAS mm: right hemisphere, near the middle axial slice
+LESION_CENTRE = np.array([46.0, 2.0, 6.0])  # world RAS mm: right hemisphere white matter, near the mid planes
 LESION_RADIUS = 9.0  # mm
-# Tissue values: (T1 MRI, CT HU, PET Bq/ml). PET grey matter takes up ~3× white matter (FDG).
+# Tissue values: (T1 MRI, CT HU, PET Bq/ml). T1: scalp fat brightest, white > grey > CSF,
+# cortical bone dark. PET grey matter takes up ~3× white matter (FDG).
 TISSUES = {
     "air": (0.0, -1000.0, 0.0),
-    "scalp": (620.0, 30.0, 1500.0),
-    "skull": (120.0, 1100.0, 600.0),
-    "csf": (180.0, 8.0, 900.0),
-    "grey": (480.0, 40.0, 11000.0),
-    "white": (700.0, 28.0, 3800.0),
-    "lesion": (520.0, 45.0, 32000.0),
+    "scalp": (900.0, 30.0, 1500.0),
+    "skull": (80.0, 1100.0, 600.0),
+    "csf": (150.0, 8.0, 900.0),
+    "grey": (420.0, 40.0, 11000.0),
+    "white": (640.0, 28.0, 3800.0),
+    "lesion": (460.0, 45.0, 32000.0),
 }
 COLUMN = {"mri": 0, "ct": 1, "pet": 2}
 # The grids the README's timing uses: a 256×256×150 MRI, a 128×128×90 PET.
@@ -78,10 +79,9 @@ def tissue_slice(xyz: np.ndarray, column: int) -> np.ndarray:
     folds = 0.08 * np.sin(9 * azimuth) * np.sin(8 * polar)
     out[brain & (radius <= 0.97)] = value["grey"]
     out[brain & (radius <= 0.86 + folds)] = value["white"]
-    # Deep grey nuclei, ventricles, and a midline fissure.
+    # Deep grey nuclei and the lateral ventricles.
     out[inside(14, 18, 14, (-20, 0, 0)) | inside(14, 18, 14, (20, 0, 0))] = value["grey"]
     out[inside(7, 26, 12, (-9, 4, 14)) | inside(7, 26, 12, (9, 4, 14))] = value["csf"]
-    out[brain & (np.abs(x) < 0.8) & (z > 10)] = value["csf"]
     lesion = np.sum((xyz - LESION_CENTRE.reshape(3, *([1] * (xyz.ndim - 1)))) ** 2, axis=0) <= LESION_RADIUS**2
     out[lesion] = value["lesion"]
     return out
