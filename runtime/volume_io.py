@@ -190,7 +190,8 @@ def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume
     """One DICOM series from ``folder`` (files that are not DICOM images are skipped),
     assembled by highdicom: sorted along the slice normal, Rescale Slope/Intercept applied
     per slice. Several series, several orientations, repeated or missing slices and
-    unequal spacing are refused, naming the series or slices."""
+    unequal spacing are refused, naming the series or slices. A folder holding one
+    multi-frame NM file is read as a reconstructed SPECT volume."""
     pydicom = _need("pydicom")
     hd = _need("highdicom")
     folder = Path(folder)
@@ -204,6 +205,8 @@ def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume
             named.append((path.name, ds))
     if not named:
         raise VolumeError(f"{role} {folder}: no DICOM images in this folder (give the folder of one series)")
+    if len(named) == 1 and str(named[0][1].get("Modality", "")) == "NM":
+        return _read_nm_tomo(*named[0], folder, role)
     _check_series(named, folder, role)
     datasets = [ds for _, ds in named]
     try:
@@ -229,6 +232,47 @@ def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume
     return Volume(data, affine, source=str(folder), modality=modality, units=units, dicom=header)
 
 
+def _read_nm_tomo(name: str, ds, folder: Path, role: str) -> Volume:
+    """A reconstructed SPECT volume stored the NM way: one multi-frame file whose frames are
+    the slices, placed by the Detector Information Sequence (position and orientation of the
+    first frame) and Spacing Between Slices, frame f at position + f·spacing·normal."""
+    where = f"{role} {folder / name}"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    slices = int(ds.get("NumberOfSlices", frames) or frames)
+    if frames != slices:
+        raise VolumeError(f"{where}: {frames} frames for {slices} slices (gated or dynamic SPECT, i.e. 4-D); "
+                          "extract one 3-D volume first")
+    detector = (ds.get("DetectorInformationSequence") or [None])[0]
+    spacing = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    missing = []
+    if detector is None or "ImagePositionPatient" not in detector or "ImageOrientationPatient" not in detector:
+        missing.append("position/orientation in the Detector Information Sequence")
+    if not spacing:
+        missing.append("SpacingBetweenSlices")
+    if "PixelSpacing" not in ds:
+        missing.append("PixelSpacing")
+    if frames < 2 or missing:
+        what = f"no {', '.join(missing)}" if missing else "a single frame"
+        raise GeometryError(f"{where}: an NM image with {what}, so not a reconstructed SPECT volume (projections?)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise VolumeError(f"{where}: a colour image; expected a scalar volume")
+    from pydicom.pixels import apply_modality_lut
+
+    iop = np.asarray(detector.ImageOrientationPatient, dtype=float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * col_spacing  # i: along a row
+    affine_lps[:3, 1] = col_dir * row_spacing  # j: down a column
+    affine_lps[:3, 2] = np.cross(row_dir, col_dir) * abs(float(spacing))
+    affine_lps[:3, 3] = np.asarray(detector.ImagePositionPatient, dtype=float)
+    values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32).reshape(frames, ds.Rows, ds.Columns)
+    header = ds.copy()
+    del header.PixelData
+    return Volume(np.ascontiguousarray(values.transpose(2, 1, 0)), LPS_TO_RAS @ affine_lps, source=str(folder),
+                  modality="NM", units=str(ds.get("Units", "")) or None, dicom=header)
+
+
 def _check_series(named: list[tuple[str, Any]], folder: Path, role: str) -> None:
     """The refusals a slice stack needs, each naming what is wrong."""
     where = f"{role} {folder}"
@@ -242,8 +286,8 @@ def _check_series(named: list[tuple[str, Any]], folder: Path, role: str) -> None
                           "put each series in its own folder")
     for name, ds in named:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise VolumeError(f"{where}: {name} is a multi-frame (enhanced) image; convert it to one file per "
-                              "slice or to NIfTI (e.g. dcm2niix)")
+            raise VolumeError(f"{where}: {name} is a multi-frame (enhanced) image, mixed with other files or not NM; "
+                              "convert it to one file per slice or to NIfTI (e.g. dcm2niix)")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise VolumeError(f"{where}: {name} is a colour image; expected a scalar series")
         missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",

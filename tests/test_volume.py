@@ -154,6 +154,29 @@ def rgb_of(voxels: np.ndarray) -> np.ndarray:
     return np.stack([voxels["R"], voxels["G"], voxels["B"]], axis=-1)
 
 
+def write_nm_tomo(volume: Volume, path: Path, gated: bool = False, projections: bool = False) -> Path:
+    """``volume`` as a reconstructed SPECT the NM way: one multi-frame file, frames = slices,
+    placed by the Detector Information Sequence (k must run along row × column)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    lps = LPS_TO_RAS @ volume.affine
+    di, dj, dk = np.linalg.norm(lps[:3, :3], axis=0)
+    frames = np.stack([volume.data[:, :, k].T for k in range(volume.shape[2])])
+    ds.set_pixel_data(np.rint(frames).astype(np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16)
+    ds.Modality, ds.SOPClassUID = "NM", pydicom.uid.NuclearMedicineImageStorage
+    ds.NumberOfSlices = volume.shape[2] // 2 if gated else volume.shape[2]
+    for key in ("ImagePositionPatient", "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept"):
+        del ds[key]
+    detector = pydicom.Dataset()
+    if not projections:
+        detector.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3]]
+        detector.ImageOrientationPatient = [f"{v:.6f}" for v in (*(lps[:3, 0] / di), *(lps[:3, 1] / dj))]
+    ds.DetectorInformationSequence = [detector]
+    ds.PixelSpacing, ds.SpacingBetweenSlices = [f"{dj:.6f}", f"{di:.6f}"], f"{dk:.6f}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path.parent
+
+
 def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -388,6 +411,25 @@ def test_pet_series_with_a_slope_per_slice(tmp_path):
     np.testing.assert_allclose(grid.affine, truth_grid.affine, atol=1e-4)
     error = np.abs(grid.to_display(pet.data) - truth_grid.to_display(truth.data))
     assert error.max() <= 1.0  # stored = round(value / slope) with slopes up to 2
+
+
+def test_spect_as_one_multiframe_nm_file(tmp_path, model_path):
+    truth = sphere_volume((24, 22, 12), (6.0, 6.0, 6.0), "RAS", value=900.0, background=40.0, radius=20.0)
+    folder = write_nm_tomo(truth, tmp_path / "spect" / "recon.dcm")
+    spect = load_volume(folder, "OTHER")
+    assert spect.modality == "NM"
+    assert_same_volume(spect, truth)
+    mri_path = tmp_path / "mri.nii.gz"
+    save_nifti(brain_mri(), mri_path)
+    result = run_cli("fuse-volume", mri_path, folder, "-o", tmp_path / "fused.nii.gz", "--model", model_path)
+    assert result.exit_code == 0, result.output
+    assert "spect: window" in result.output  # guessed from Modality NM
+    gated = write_nm_tomo(truth, tmp_path / "gated" / "gated.dcm", gated=True)
+    with pytest.raises(VolumeError, match=r"12 frames for 6 slices \(gated or dynamic"):
+        load_volume(gated, "OTHER")
+    projections = write_nm_tomo(truth, tmp_path / "raw" / "raw.dcm", projections=True)
+    with pytest.raises(GeometryError, match=r"no position/orientation .* not a reconstructed SPECT"):
+        load_volume(projections, "OTHER")
 
 
 def test_dicom_in_dicom_out_keeps_identity_geometry_and_pixels(tmp_path, model_path):
