@@ -293,8 +293,8 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
               help="Exported .onnx or .engine. Default: the shipped FP32 ONNX.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]))
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Axial slices per network call.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Axial slices per network call (default: 1 on a CPU, where that is quickest; 4 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
 @friendly_errors
 def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_dir, model_file, backend,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .contract import AUTO
+from .contract import AUTO, BACKENDS
 from .errors import CMINetError, ModelFileError
 from .fuser import Fuser
 from .imaging import finish_output, prepare_pair, to_uint8, validate_image, write_image
@@ -58,7 +58,12 @@ DICOM_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect"}  # DICOM Modality �
 CT_WINDOW = (-160.0, 240.0)  # HU: brain / soft tissue (level 40, width 400); bone stays white
 MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
 OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
-DEFAULT_BATCH_SIZE = 4
+# Axial slices per network call when not given. ONNX Runtime on a CPU is quicker one slice at
+# a time: for the README's 256×256×150 volume, batch 1 took half the time and half the peak
+# RSS of batch 4 on the 2-core CPU (README "Volumes"). GPUs want batches (capped by an
+# engine's profile).
+CPU_BATCH_SIZE = 1
+GPU_BATCH_SIZE = 4
 
 
 def parse_window(window) -> tuple[float, float]:
@@ -187,7 +192,7 @@ def _open_fuser(model, backend: str, threads: int | None) -> tuple[Fuser, bool]:
 
 
 def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
-                colormap: str = DEFAULT_COLORMAP, batch_size: int = DEFAULT_BATCH_SIZE, backend: str = AUTO,
+                colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
                 threads: int | None = None, progress: bool = False) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
@@ -195,17 +200,18 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
 
     Args:
         mri, other: a NIfTI path, a DICOM series folder, or a :class:`Volume`.
-        model: ``.onnx`` / ``.engine`` path or an open :class:`Fuser`; None: ``Fuser()``'s
-            default, the shipped FP32 ONNX.
+        model: ``.onnx`` / ``.engine`` path, or an open :class:`Fuser` (then ``backend`` and
+            ``threads`` are its own); None: ``Fuser()``'s default, the shipped FP32 ONNX.
         modality: ``ct``, ``pet`` or ``spect``; None: from OTHER's DICOM Modality.
         window: ``(low, high)`` or ``"low,high"`` in OTHER's units (HU for CT); None: CT
             :data:`CT_WINDOW`, PET/SPECT the volume's 0.5–99.5 percentiles.
         colormap: a DICOM palette (``HOT_IRON``, ``PET``, ``HOT_METAL_BLUE``, ``PET_20_STEP``)
             or ``gray`` (PET/SPECT only).
-        batch_size: axial slices per network call.
+        batch_size: axial slices per network call; None: :data:`CPU_BATCH_SIZE` on a CPU
+            backend, :data:`GPU_BATCH_SIZE` on a GPU one (at most an engine profile's N).
         progress: show a progress bar (stderr) per batch.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise CMINetError(f"batch size: expected an integer ≥ 1, got {batch_size!r}")
     colormap = check_colormap(colormap)
     if window is not None:
@@ -219,6 +225,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     fuser, owned = _open_fuser(model, backend, threads)
     started = time.perf_counter()
     try:
+        batch_size = batch_size or _default_batch_size(fuser)
         fused = _fuse_slices(pair, fuser, batch_size, progress)
     finally:
         if owned:
@@ -229,6 +236,13 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
             "fuse_seconds": round(seconds, 3), "mri": mri.source, "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
                   modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
+
+
+def _default_batch_size(fuser: Fuser) -> int:
+    backend = fuser.backend
+    on_gpu = backend.name in BACKENDS and BACKENDS[backend.name].gpu
+    profile_max = backend.profile.max[0] if backend.profile.max else GPU_BATCH_SIZE
+    return min(GPU_BATCH_SIZE, profile_max) if on_gpu else CPU_BATCH_SIZE
 
 
 def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool) -> np.ndarray:

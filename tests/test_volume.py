@@ -341,6 +341,15 @@ def test_each_slice_is_fused_exactly_like_the_2d_path(fuser, modality):
         assert np.abs(two_d.astype(int) - shown[k]).max() <= FUSED_GREY_LEVELS["fp32"]
 
 
+def test_batch_size_one_on_a_cpu_unless_asked(fuser):
+    mri = brain_mri((32, 32, 6), (6.0, 6.0, 8.0))
+    ct = sphere_volume((20, 20, 8), (8.0, 8.0, 8.0), "RAS", value=900.0)
+    assert fuse_volume(mri, ct, model=fuser, modality="ct").info["batch_size"] == 1
+    assert fuse_volume(mri, ct, model=fuser, modality="ct", batch_size=3).info["batch_size"] == 3
+    with pytest.raises(CMINetError, match="batch size: expected an integer ≥ 1, got 0"):
+        fuse_volume(mri, ct, model=fuser, modality="ct", batch_size=0)
+
+
 def test_working_memory_does_not_grow_with_the_number_of_slices(fuser):
     """Peak numpy memory of the slice loop, less the output volume, is the same for 8 and
     for 48 slices: a batch at a time, never a whole-volume intermediate."""
