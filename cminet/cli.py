@@ -335,7 +335,8 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
     palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
     click.echo(f"{info['modality']}: window {info['window'][0]:.4g}..{info['window'][1]:.4g}{units}{palette}; "
                f"MRI window {info['mri_window'][0]:.4g}..{info['mri_window'][1]:.4g}; "
-               f"fused {fused.shape[2]} slices in {info['fuse_seconds']:.1f} s")
+               f"fused {info['slices']} axial slices in {info['fuse_seconds']:.1f} s ({info['network_seconds']:.1f} s "
+               f"in the network, batch {info['batch_size']})")
     volumes.save_nifti(fused, output)
     click.echo(f"wrote {output} ({'RGB24' if fused.is_rgb else 'uint8 grey'}, {'×'.join(map(str, fused.shape))})")
     if dicom_out:

@@ -226,14 +226,16 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     started = time.perf_counter()
     try:
         batch_size = batch_size or _default_batch_size(fuser)
-        fused = _fuse_slices(pair, fuser, batch_size, progress)
+        fused, network_seconds = _fuse_slices(pair, fuser, batch_size, progress)
     finally:
         if owned:
             fuser.close()
     seconds = time.perf_counter() - started
     data = np.ascontiguousarray(pair.grid.from_display(fused))
-    info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "batch_size": batch_size,
-            "fuse_seconds": round(seconds, 3), "mri": mri.source, "other": other.source}
+    info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
+            "batch_size": batch_size,
+            "fuse_seconds": round(seconds, 3), "network_seconds": round(network_seconds, 3), "mri": mri.source,
+            "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
                   modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
 
@@ -245,17 +247,22 @@ def _default_batch_size(fuser: Fuser) -> int:
     return min(GPU_BATCH_SIZE, profile_max) if on_gpu else CPU_BATCH_SIZE
 
 
-def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool) -> np.ndarray:
-    """Display-order fused volume (Z×H×W or Z×H×W×3 uint8), a batch of slices at a time."""
+def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool) -> tuple[np.ndarray, float]:
+    """Display-order fused volume (Z×H×W or Z×H×W×3 uint8), a batch of slices at a time, and
+    the seconds spent in the network."""
     depth, height, width = pair.grid.shape
     out = np.zeros((depth, height, width, 3) if pair.colour else (depth, height, width), dtype=np.uint8)
+    network = 0.0
     with tqdm(total=depth, unit="slice", desc="fusing", disable=not progress, leave=False) as bar:
         for z0 in range(0, depth, batch_size):
             z1 = min(z0 + batch_size, depth)
             mri, other, chroma = pair.network_inputs(z0, z1)
-            out[z0:z1] = finish_output(fuser.infer(mri, other)[:, 0], chroma)
+            started = time.perf_counter()
+            fused = fuser.infer(mri, other)
+            network += time.perf_counter() - started
+            out[z0:z1] = finish_output(fused[:, 0], chroma)
             bar.update(z1 - z0)
-    return out
+    return out, network
 
 
 # -- looking at the result ----------------------------------------------------------------

@@ -360,7 +360,7 @@ def test_working_memory_does_not_grow_with_the_number_of_slices(fuser):
         pair = SlicePair(mri, pet, "pet")
         tracemalloc.start()
         tracemalloc.reset_peak()
-        out = _fuse_slices(pair, fuser, 4, progress=False)
+        out, _ = _fuse_slices(pair, fuser, 4, progress=False)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         extra[depth] = peak - out.nbytes
