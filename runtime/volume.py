@@ -45,6 +45,7 @@ from .volume_io import (
     check_nifti_path,
     check_output_folder,
     load_volume,
+    nifti_order,
     save_dicom_series,
     save_nifti,
 )
@@ -231,7 +232,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
         if owned:
             fuser.close()
     seconds = time.perf_counter() - started
-    data = np.ascontiguousarray(pair.grid.from_display(fused))
+    data = nifti_order(pair.grid.from_display(fused))
     info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
             "batch_size": batch_size,
             "fuse_seconds": round(seconds, 3), "network_seconds": round(network_seconds, 3), "mri": mri.source,

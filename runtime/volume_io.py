@@ -346,14 +346,22 @@ def check_nifti_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def nifti_order(data: np.ndarray) -> np.ndarray:
+    """The same X×Y×Z[×C] array laid out in memory as NIfTI stores it (x fastest, colour
+    channels interleaved per voxel), so writing it is a straight copy: without this,
+    nibabel re-orders a 256×256×150 RGB volume element by element (~0.6 s)."""
+    axes = (2, 1, 0, 3)[: data.ndim]
+    return np.ascontiguousarray(data.transpose(axes)).transpose(axes)
+
+
 def save_nifti(volume: Volume, path: str | os.PathLike) -> Path:
     """Write ``volume`` as NIfTI-1 (gzip when the name ends in .gz), atomically: uint8 grey,
     or RGB24 for an RGB volume. qform and sform both carry the affine and its code."""
     nib = _need("nibabel")
     path = check_nifti_path(path)
-    data = volume.data
+    data = nifti_order(volume.data)  # no copy when it already is (fuse_volume's output)
     if volume.is_rgb:
-        data = np.ascontiguousarray(data).view(RGB24)[..., 0]
+        data = data.transpose(2, 1, 0, 3).view(RGB24)[..., 0].T
     img = nib.Nifti1Image(data, volume.affine)
     img.set_sform(volume.affine, code=volume.xform_code)
     img.set_qform(volume.affine, code=volume.xform_code)
