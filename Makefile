@@ -4,15 +4,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# `cminet serve` gets its own environment: PyTriton 0.7 requires numpy < 2 (see README "Serving").
+SERVE_VENV ?= .venv-serve
+SERVE_BIN := $(SERVE_VENV)/bin
 OUT ?= out
 
-.PHONY: demo test lint clean
+TYPESTUBS := $(VENV)/typestubs
+
+.PHONY: demo test lint gpu-check clean shipped-onnx
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,volume]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,triton,volume]"
+	touch $@
+
+# The serving environment the serve tests start `cminet serve` from: no torch, numpy < 2.
+$(SERVE_BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_BIN)/python -m pip install --quiet --upgrade pip
+	$(SERVE_BIN)/python -m pip install --quiet -e ".[serve]"
 	touch $@
 
 ## demo: the main job: fuse the shipped samples → export (FP32 + FP16 ONNX, engine where
@@ -22,12 +34,47 @@ demo: $(BIN)/.installed
 	$(BIN)/cminet-export --fp16 --out $(OUT)/export
 	$(BIN)/cminet-bench --quick --json $(OUT)/bench.json --workdir $(OUT)/bench-cache
 
-## test: lint, then the whole pytest suite (CPU; GPU tests skip themselves)
-test: $(BIN)/.installed lint
-	$(BIN)/python -m pytest -q
+## shipped-onnx: re-export cminet/weights/cminet.onnx, cminet_fp16.onnx and reference_outputs.npz
+## from the shipped weights (run after changing them; a test checks they still match)
+shipped-onnx: $(BIN)/.installed
+	$(BIN)/cminet-export --fp16 --engine no --out $(OUT)/shipped
+	cp $(OUT)/shipped/cminet.onnx $(OUT)/shipped/cminet_fp16.onnx $(OUT)/shipped/reference_outputs.npz cminet/weights/
 
-lint: $(BIN)/.installed
+## test: lint, then the whole pytest suite (CPU; GPU tests skip themselves)
+test: $(BIN)/.installed $(SERVE_BIN)/.installed lint
+	CMINET_SERVE_PYTHON=$(SERVE_BIN)/python $(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed $(TYPESTUBS)/.installed
 	$(BIN)/ruff check .
+	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy
+
+# NVIDIA's TensorRT type stubs for mypy. --no-deps: they depend on the real tensorrt wheel.
+# --target keeps them out of site-packages, where a bare tensorrt/ folder would make
+# `import tensorrt` succeed. The published 10.13.0.35.1 .pyi does not parse as is (plugin
+# methods with a parameter named `in`, add_scale_nd's channel_axis without a default after
+# defaulted ones); the sed fixes only those lines, nothing cminet calls.
+$(TYPESTUBS)/.installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TYPESTUBS) tensorrt-stubs==10.13.0.35.1
+	sed -i -E 's/([(, ])in: /\1in_: /g; s/(power: Weights = None, channel_axis: int)\)/\1 = ...)/' \
+		$(TYPESTUBS)/tensorrt_bindings/tensorrt.pyi
+	touch $@
+
+## gpu-check: on a machine with an NVIDIA GPU, the checks a CPU cannot make (see
+## benchmarks/gpu_check.py); writes benchmarks/results/<gpu>-<date>.json. Uses the machine's
+## own Python and packages (no venv, no install, no network): $(GPU_SITE) gets a cminet/
+## folder of symbolic links laid out as an install is (setup.cfg's package_dir: export/,
+## runtime/ and benchmarks/ import as cminet.export, cminet.runtime, cminet.benchmarks).
+## Exits 0 saying so where there is no GPU.
+## Override: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--quick
+GPU_SITE ?= $(or $(TMPDIR),/tmp)/cminet-gpu-site
+gpu-check:
+	rm -rf $(GPU_SITE) && mkdir -p $(GPU_SITE)/cminet
+	ln -s $(CURDIR)/cminet/* $(GPU_SITE)/cminet/
+	for part in export runtime benchmarks; do ln -s $(CURDIR)/$$part $(GPU_SITE)/cminet/$$part; done
+	# Run from $(GPU_SITE): `python -m` puts the working folder first on sys.path, and the
+	# checkout's own cminet/ (without runtime/ ...) would shadow the linked one.
+	cd $(GPU_SITE) && PYTHONPATH="$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m cminet.benchmarks.gpu_check \
+		--out $(CURDIR)/benchmarks/results $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(OUT) build *.egg-info

@@ -82,7 +82,7 @@ def matmul_peak_in_subprocess() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def describe(measure_peak: bool = True) -> dict:
+def describe() -> dict:
     gpu = gpu_name()
     info = {
         "cpu": cpu_model(),
@@ -94,8 +94,7 @@ def describe(measure_peak: bool = True) -> dict:
         "git_commit": git_commit(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    if measure_peak:
-        info["matmul_peak_gflops"] = round(matmul_peak_in_subprocess(), 1)
+    info["matmul_peak_gflops"] = round(matmul_peak_in_subprocess(), 1)
     return info
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cminet.runtime.backends.onnxruntime import session_input_dtype
+
 
 def op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int = 10, threads: int | None = None) -> dict:
     """{op_type: share of summed kernel time} over ``runs`` inferences (after one warm-up)."""
@@ -23,7 +25,7 @@ def op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int = 10,
     options.log_severity_level = 3
     options.profile_file_prefix = str(Path(onnx_path).with_name("ort_profile"))
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    dtype = session_input_dtype(session)
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.random((1, 1, height, width)).astype(dtype) for i in session.get_inputs()}
     for _ in range(runs + 1):

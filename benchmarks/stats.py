@@ -26,8 +26,3 @@ def fit_exponent(pixels: list[float], values: list[float]) -> float:
         raise ValueError("need at least two sizes to fit an exponent")
     slope, _ = np.polyfit(np.log(np.asarray(pixels, float)), np.log(np.asarray(values, float)), 1)
     return float(slope)
-
-
-def psnr(reference: np.ndarray, test: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)

@@ -1,9 +1,11 @@
 """One backend, measured in its own process so peak RSS and GPU memory don't mix.
 
-``cminet-bench`` starts ``python -m cminet.benchmarks.worker SPEC_JSON`` once per backend
-and precision, and once more with ``--cold`` for the cold-start time. The worker prints one
-``RESULT {...}`` line. Runtime backends (ort-*, tensorrt) never import torch here, so
-their RSS is what a device application would see.
+:func:`cminet.benchmarks.bench.run_benchmark` starts ``python -m cminet.benchmarks.worker
+SPEC_JSON`` once per backend and precision, and once more with ``--cold`` for the cold-start
+time. The worker opens the backend through the runtime's registry (the same
+:class:`~cminet.runtime.backends.base.Backend` interface ``Fuser`` uses), so the runtime
+backends never import torch here and their RSS is what a device application would see.
+It prints one ``RESULT {...}`` line.
 """
 
 from __future__ import annotations
@@ -15,83 +17,65 @@ import time
 
 import numpy as np
 
-from .stats import latency_summary, psnr, throughput_ips
-
-TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
+from .stats import latency_summary, throughput_ips
 
 
-class Runner:
-    """``run(a, b)``: float32 N×1×H×W numpy in, numpy out, synchronised before returning."""
+def open_spec_backend(spec: dict):
+    from cminet.runtime.backends.base import open_backend
 
-    gpu = False
+    return open_backend(spec["backend"], spec["model"], threads=spec.get("threads"), precision=spec["precision"])
 
-    def __init__(self, backend: str, precision: str, model: str, threads: int | None):
-        self.backend, self.precision = backend, precision
-        if backend in TORCH_BACKENDS:
-            import torch
 
-            from cminet.fusion import load_pretrained
+def run_once(backend, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One synchronised inference (every backend's ``run`` returns host data)."""
+    dtype = backend.input_dtype
+    return backend.run(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
 
-            if threads:
-                torch.set_num_threads(threads)
-            self.torch = torch
-            self.device = torch.device("cuda" if backend == "torch-cuda" else "cpu")
-            self.gpu = self.device.type == "cuda"
-            self.dtype = torch.float16 if precision == "fp16" else torch.float32
-            self.model = load_pretrained(model, device=str(self.device)).to(self.dtype)
-        else:
-            from cminet.runtime import Fuser
 
-            self.fuser = Fuser(model, backend=backend, threads=threads)
-            self.gpu = backend != "ort-cpu"
+class DeviceMemory:
+    """GPU memory this process holds, as the device sees it (cudaMemGetInfo), above a
+    baseline taken after the CUDA context exists and before the model is loaded: the same
+    quantity for every GPU backend (weights, activations / engine memory, buffers and
+    allocator caches), the context itself excluded."""
 
-    def run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self.backend not in TORCH_BACKENDS:
-            return self.fuser.infer(a, b)
-        torch = self.torch
-        with torch.no_grad():
-            ta = torch.from_numpy(a).to(self.device, self.dtype)
-            tb = torch.from_numpy(b).to(self.device, self.dtype)
-            out = self.model(ta, tb).float().cpu().numpy()  # .cpu() synchronises
-        return out
+    def __init__(self, gpu: bool):
+        self.query = _mem_get_info() if gpu else None
+        self.baseline = self.query() if self.query else None
 
-    def gpu_event_latency_ms(self, a: np.ndarray, b: np.ndarray, iters: int) -> list[float] | None:
-        """Device-side latency with CUDA events (torch-cuda only; inputs already on the GPU)."""
-        if self.backend != "torch-cuda":
+    def used_mb(self) -> float | None:
+        if self.query is None or self.baseline is None:
             return None
-        torch = self.torch
-        ta = torch.from_numpy(a).to(self.device, self.dtype)
-        tb = torch.from_numpy(b).to(self.device, self.dtype)
-        times = []
-        with torch.no_grad():
-            for _ in range(iters):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                self.model(ta, tb)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-        return times
-
-    def gpu_memory_mb(self) -> float | None:
-        if not self.gpu:
-            return None
-        if self.backend == "torch-cuda":
-            return self.torch.cuda.max_memory_allocated() / 2**20
-        info = getattr(self.fuser, "info", {}) or {}
-        if info.get("gpu_mem_bytes") is not None:
-            return info["gpu_mem_bytes"] / 2**20
-        return _device_memory_used_mb()
+        return max(0.0, self.query() - self.baseline)
 
 
-def _device_memory_used_mb() -> float | None:
-    """Used device memory via cuda-python (whole-device view; includes the CUDA context)."""
+def _mem_get_info():
+    """A function returning device-used MB, with the CUDA context already current; None
+    where no CUDA bindings (cuda-python, pycuda, or torch's) see a GPU."""
+    from cminet.runtime.cuda import CudaUnavailable, open_cuda
+
     try:
-        from cuda.bindings import runtime as cudart
+        cuda = open_cuda(0)  # cuda-python, else pycuda: what the TensorRT backend uses
+    except CudaUnavailable:
+        cuda = None
+    if cuda is not None:
+        def used() -> float:
+            with cuda.activate():
+                free, total = cuda.mem_info()
+            return (total - free) / 2**20
+
+        return used
+    try:
+        import torch
     except ImportError:
         return None
-    err, free, total = cudart.cudaMemGetInfo()
-    return None if int(err) else (total - free) / 2**20
+    if not torch.cuda.is_available():
+        return None
+
+    def used_torch() -> float:
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+
+    return used_torch
 
 
 def peak_rss_mb() -> float:
@@ -106,8 +90,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
 
 
-def measure(spec: dict) -> list[dict]:
-    runner = Runner(spec["backend"], spec["precision"], spec["model"], spec.get("threads"))
+def measure(spec: dict) -> dict:
+    from cminet.runtime.contract import backend_spec
+
+    memory = DeviceMemory(backend_spec(spec["backend"]).gpu)
+    backend = open_spec_backend(spec)
     rng = np.random.default_rng(0)
     rows = []
     for height, width in spec["sizes"]:
@@ -115,51 +102,28 @@ def measure(spec: dict) -> list[dict]:
             a = rng.random((batch, 1, height, width), dtype=np.float32)
             b = rng.random((batch, 1, height, width), dtype=np.float32)
             for _ in range(spec["warmup"]):
-                runner.run(a, b)
-            times, started = [], time.perf_counter()
-            while len(times) < spec["iters"] or (time.perf_counter() - started < spec.get("min_seconds", 0)
-                                                  and len(times) < 10 * spec["iters"]):
+                run_once(backend, a, b)
+            times = []
+            for _ in range(spec["iters"]):
                 t0 = time.perf_counter()
-                runner.run(a, b)
+                run_once(backend, a, b)
                 times.append(1e3 * (time.perf_counter() - t0))
             latency = latency_summary(times)
-            row = {
+            rows.append({
                 "backend": spec["backend"], "precision": spec["precision"], "height": height, "width": width,
                 "batch": batch, "latency_ms": latency, "throughput_ips": throughput_ips(batch, latency["p50"]),
-                "peak_rss_mb": peak_rss_mb(), "gpu_mem_mb": runner.gpu_memory_mb(),
-            }
-            events = runner.gpu_event_latency_ms(a, b, spec["iters"])
-            if events:
-                row["gpu_latency_ms"] = latency_summary(events)
-            rows.append(row)
+                "peak_rss_mb": peak_rss_mb(), "gpu_mem_mb": memory.used_mb(),
+            })
             print(f"PROGRESS {spec['backend']} {spec['precision']} {height}x{width} b{batch}", flush=True)
+    drift = None
     if spec.get("reference"):
-        drift = measure_drift(runner, spec["reference"])
-        for row in rows:
-            row["drift"] = drift
-    return rows
+        from cminet.runtime.compare import drift as measure_drift
+        from cminet.runtime.compare import load_reference
 
-
-def measure_drift(runner: Runner, reference_npz: str) -> dict:
-    """Worst case over the shipped sample pairs, against the FP32 PyTorch outputs."""
-    from cminet.metrics import evaluate
-
-    ref = np.load(reference_npz)
-    worst = {"max_abs": 0.0, "psnr_db": float("inf"), "mi_change": 0.0, "qabf_change": 0.0}
-    for i in range(int(ref["count"])):
-        a, b, expected = ref[f"mri_{i}"], ref[f"other_{i}"], ref[f"ref_{i}"]
-        got = runner.run(a, b).astype(np.float32)
-        worst["max_abs"] = max(worst["max_abs"], float(np.abs(got - expected).max()))
-        worst["psnr_db"] = min(worst["psnr_db"], psnr(expected, got))
-        a255, b255 = a[0, 0] * 255.0, b[0, 0] * 255.0
-        m_ref = evaluate(a255, b255, np.clip(expected[0, 0], 0, 1) * 255.0)
-        m_got = evaluate(a255, b255, np.clip(got[0, 0], 0, 1) * 255.0)
-        for key, name in (("mi_change", "MI"), ("qabf_change", "Qabf")):
-            change = m_got[name] - m_ref[name]
-            if abs(change) >= abs(worst[key]):
-                worst[key] = float(change)
-    worst["pairs"] = int(ref["count"])
-    return worst
+        drift = measure_drift(lambda x, y: run_once(backend, x, y), load_reference(spec["reference"])).as_dict()
+    backend_info = backend.info()
+    backend.close()
+    return {"rows": rows, "drift": drift, "info": backend_info}
 
 
 def cold_start(spec: dict) -> dict:
@@ -168,9 +132,9 @@ def cold_start(spec: dict) -> dict:
     t0 = time.perf_counter()
     from cminet.runtime.imaging import finish_output, prepare_pair, read_image
 
-    runner = Runner(spec["backend"], spec["precision"], spec["model"], spec.get("threads"))
+    backend = open_spec_backend(spec)
     pair = prepare_pair(read_image(spec["sample_mri"]), read_image(spec["sample_other"]))
-    out = runner.run(pair.mri[None, None], pair.other[None, None])
+    out = run_once(backend, pair.mri[None, None], pair.other[None, None])
     finish_output(out[0, 0], pair.chroma)
     return {"in_process_s": time.perf_counter() - t0, "finished_at": time.time()}
 

@@ -7,16 +7,8 @@ device runtime, which lives under this package) never pulls in PyTorch.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 __version__ = "0.1.0"
-
-# In a source checkout that is not installed, export/, runtime/ and benchmarks/ sit beside
-# this folder; let them import as cminet.export, cminet.runtime and cminet.benchmarks just as
-# they do once installed (setup.cfg's package_dir does the same mapping for installs).
-_checkout = Path(__file__).resolve().parent.parent
-if (_checkout / "runtime" / "__init__.py").is_file() and not (Path(__file__).parent / "runtime").exists():
-    __path__.append(str(_checkout))
 
 _LAZY = {
     "CMINet": "cminet.model",

@@ -1,7 +1,8 @@
-"""The ``cminet`` command line: ``cminet info``, and the commands added by later modules.
+"""The ``cminet`` command line: info, train, fuse, fuse-volume, evaluate.
 
 Every command prints bad-input problems as one line and exits non-zero; ``--debug``
-(before the command name) shows the full traceback instead.
+(before or after the command name, as in ``cminet-export`` and ``cminet-bench``) shows the
+full traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,22 @@ import sys
 import click
 
 from cminet import __version__
+from cminet.runtime import contract
 from cminet.runtime.errors import CMINetError
+
+
+def _debugging() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("debug"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def debug_option(func):
+    """``--debug``: the same flag, with the same meaning, on every command of the three CLIs."""
+    return click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")(func)
 
 
 def friendly_errors(func):
@@ -23,8 +39,7 @@ def friendly_errors(func):
         try:
             return func(*args, **kwargs)
         except (CMINetError, OSError) as exc:
-            ctx = click.get_current_context()
-            if ctx.find_root().params.get("debug"):
+            if _debugging():
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -34,7 +49,7 @@ def friendly_errors(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cminet")
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@debug_option
 def main(debug: bool) -> None:
     """CMINet cross-modality medical image fusion (MRI with CT, PET or SPECT).
 
@@ -48,12 +63,13 @@ def main(debug: bool) -> None:
 @main.command()
 @click.option("--size", default="256x256", show_default=True, help="H×W at which to count FLOPs, e.g. 512x512.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
+@debug_option
 @friendly_errors
-def info(size: str, weights: str | None) -> None:
+def info(size: str, weights: str | None, debug: bool) -> None:
     """Print the model config, parameter count and FLOPs at SIZE."""
     from cminet.model import CMINet, count_flops, count_parameters
 
-    height, width = parse_size(size)
+    height, width = contract.parse_size(size)
     if weights:
         from cminet.checkpoint import load_checkpoint
 
@@ -74,7 +90,10 @@ def info(size: str, weights: str | None) -> None:
 @click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-4, show_default=True, type=float, help="Adam learning rate (cosine-decayed).")
+@click.option("--lr", default=2e-4, show_default=True, type=float,
+              help="Adam learning rate (cosine-decayed) for one process's --batch-size.")
+@click.option("--lr-scaling", default="sqrt", show_default=True, type=click.Choice(["sqrt", "linear", "none"]),
+              help="Under torchrun: scale --lr by √N (Adam), N, or not at all for N processes' global batch.")
 @click.option("--crop", default=64, show_default=True, type=click.IntRange(min=16), help="Random crop size.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and log.csv.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
@@ -95,19 +114,22 @@ def info(size: str, weights: str | None) -> None:
               help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
 @click.option("--w-qabf", default=0.0, show_default=True,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
+@debug_option
 @friendly_errors
-def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, seed, max_minutes, reset_head,
-          w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
+def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
+          reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, debug) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
     Example (the shipped weights):
-      cminet train --data ../shared/data/harvard --out runs/default --epochs 100
+      cminet train --data path/to/harvard --out runs/default --epochs 100
+    DistributedDataParallel on N GPUs (or CPU processes), --batch-size per process:
+      torchrun --standalone --nproc_per_node=N -m cminet train --data ... --out ...
     """
     from pathlib import Path
 
-    from cminet.data import PAIR_TYPES, discover_pairs
     from cminet.losses import LossWeights
+    from cminet.runtime.folders import PAIR_TYPES, discover_pairs
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
 
@@ -119,13 +141,16 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
-                        lr=lr, crop=crop, seed=seed, device=device, resume=resume, max_minutes=max_minutes,
+                        lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
+                        max_minutes=max_minutes,
                         init=Path(init) if init else None, reset_head=reset_head,
                         loss=LossWeights(w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
         sys.exit(130)
+    if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(f"done: {summary['epochs_run']} epochs in {summary['wall_seconds'] / 60:.1f} min, "
                f"best validation loss {summary['best_val']:.4f} -> {summary['out']}/best.safetensors")
 
@@ -144,20 +169,34 @@ def train(data, pairs, epochs, batch_size, lr, crop, out, resume, init, device, 
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
               help="Fuse with an exported .onnx or .engine through the torch-free runtime instead.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
-              help="Runtime backend for --model.")
+              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]),
+              help="Runtime backend for --model (or the shipped ONNX).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
+              help="Which shipped ONNX the runtime uses when neither --weights nor --model is given.")
 @click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda).")
+@click.option("--server", metavar="URL",
+              help="Run the network on a Triton server (cminet serve, or tritonserver with the cminet-export "
+                   "--triton repository), e.g. http://127.0.0.1:8000.")
+@click.option("--server-model", default="cminet", show_default=True,
+              help="With --server: the Triton model (cminet_onnx or cminet_trt for the exported repository).")
+@debug_option
 @friendly_errors
-def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, device) -> None:
+def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, precision, device,
+         server, server_model, debug) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
     One pair (PET/SPECT output is RGB with the PET/SPECT colours restored):
       cminet fuse mri.png pet.png -o fused.png
     Every test pair of a dataset, written to OUT/<pair>/<name>.png:
-      cminet fuse --data ../shared/data/harvard --split test --out fused/
+      cminet fuse --data path/to/harvard --split test --out fused/
     The shipped samples, through an exported model and ONNX Runtime:
       cminet fuse --samples --out fused/ --model cminet.onnx
+    One pair through a Triton server (see cminet serve):
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
+
+    Without --weights, --model or --server, the PyTorch model runs where torch is installed
+    (the training install); the torch-free runtime runs the shipped ONNX otherwise.
     """
 
     from pathlib import Path
@@ -172,16 +211,21 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         raise click.UsageError("a single pair needs MRI, OTHER and -o OUTPUT")
     if not single and out is None:
         raise click.UsageError("--data and --samples need --out DIR")
-    if model_file and weights:
-        raise click.UsageError("--weights (PyTorch) and --model (runtime) are alternatives; give one")
+    if sum(x is not None for x in (model_file, weights, server)) > 1:
+        raise click.UsageError("--weights (PyTorch), --model (runtime) and --server (Triton) are alternatives: "
+                               "give one")
     for image in (mri, other) if single else ():
         if not Path(image).is_file():  # before loading any model: fail fast on a typo
             raise ImageError(f"{image}: no such file")
 
-    if model_file:
+    if server:
+        from cminet.serve import TritonFuser
+
+        fuser = TritonFuser(server, server_model)
+    elif model_file or (weights is None and not torch_installed()):
         from cminet.runtime import Fuser
 
-        fuser = Fuser(model_file, backend=backend)
+        fuser = Fuser(model_file, backend=backend, precision=precision)
     else:
         from cminet.fusion import TorchFuser
 
@@ -207,6 +251,52 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put TLS and auth in front for a network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve Triton's gRPC protocol on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Prometheus metrics on this port.")
+@click.option("--model", "model_file", type=click.Path(dir_okay=False),
+              help="Exported .onnx or .engine to serve; default: the runtime's default (the shipped FP32 ONNX).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]), help="Runtime backend.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Largest batch Triton's dynamic batcher forms from concurrent requests of one size.")
+@click.option("--benchmark", is_flag=True,
+              help="Instead of serving: measure requests/s and p50/p99 latency for 1, 4 and 8 concurrent "
+                   "clients against the local runtime and against this server, print a table, exit.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096), help="With --benchmark: H = W.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --benchmark: measuring time per row.")
+@friendly_errors
+def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max_batch_size, benchmark, size,
+          seconds) -> None:
+    """Serve fusion with NVIDIA Triton Inference Server (through PyTriton; torch-free).
+
+    \b
+    The network is Triton model 'cminet': inputs mri, other (FP32 N×1×H×W in [0, 1]),
+    output fused; concurrent requests of one size are batched. Clients:
+      cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
+    or any Triton client (HTTP/REST, gRPC). Needs: pip install 'cminet[serve]'.
+    Measure it (one run, the README table):
+      cminet serve --benchmark --model cminet.onnx
+    """
+    from cminet import serve as serving
+
+    if benchmark:
+        results = serving.benchmark(model_file, size=size, seconds=seconds, max_batch_size=max_batch_size,
+                                    log=lambda line: click.echo(line, err=True))
+        click.echo(serving.markdown_table(results, size))
+        return
+    try:
+        serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      max_batch_size=max_batch_size, backend=backend, threads=threads, log=click.echo)
+    except KeyboardInterrupt:  # stopped while starting: tritonserver is already stopped
+        sys.exit(130)
+
+
+@main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Dataset root.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]),
               help="val = the validation pairs training carves out of train (use it to choose models).")
@@ -218,23 +308,25 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
+@debug_option
 @friendly_errors
-def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
+def evaluate(data, split, pairs, weights, methods, fused, out, limit, debug) -> None:
     """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
     VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
 
     \b
     The README table:
-      cminet evaluate --data ../shared/data/harvard --split test
+      cminet evaluate --data path/to/harvard --split test
     Add a published method's outputs:
-      cminet evaluate --data ../shared/data/harvard --fused U2Fusion=results/u2fusion
+      cminet evaluate --data path/to/harvard --fused U2Fusion=results/u2fusion
     """
     from pathlib import Path
 
     from cminet.baselines import BASELINES, BaselineFuser
-    from cminet.data import discover_pairs, list_pairs, split_validation
+    from cminet.data import split_validation
     from cminet.evaluate import FolderMethod, comparison_sheet, markdown, rank, run_evaluation, summarise, write_outputs
     from cminet.fusion import TorchFuser
+    from cminet.runtime.folders import discover_pairs, list_pairs
 
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
     refs = list_pairs(data, chosen, "train" if split == "val" else split)
@@ -290,15 +382,18 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
 @click.option("--png-dir", type=click.Path(file_okay=False),
               help="Also write every axial slice as PNG and montage.png (MRI | OTHER | fused, 3 planes).")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
-              help="Exported .onnx or .engine. Default: the shipped FP32 ONNX.")
+              help="Exported .onnx or .engine. Default: the shipped ONNX of --precision.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]))
+              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
+              help="Which shipped ONNX runs when --model is not given.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Axial slices per network call (default: 1 on a CPU, where that is quickest; 4 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
+@debug_option
 @friendly_errors
 def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_dir, model_file, backend,
-                batch_size, threads) -> None:
+                precision, batch_size, threads, debug) -> None:
     """Fuse an MRI volume with a CT, PET or SPECT volume (NIfTI files or DICOM series folders).
 
     OTHER is resampled onto the MRI grid through both scans' world geometry; the output has
@@ -328,8 +423,8 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
     click.echo(f"MRI   {mri}: {mri_volume.describe()}")
     click.echo(f"OTHER {other}: {other_volume.describe()}")
     fused = volumes.fuse_volume(mri_volume, other_volume, model=model_file, modality=modality, window=window,
-                                colormap=colormap, batch_size=batch_size, backend=backend, threads=threads,
-                                progress=True)
+                                colormap=colormap, batch_size=batch_size, backend=backend, precision=precision,
+                                threads=threads, progress=True)
     info = fused.info
     units = f" {other_volume.units}" if other_volume.units else ""
     palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
@@ -355,18 +450,10 @@ def split_pairs(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'256', '256x320' or '256×320' → (H, W)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size like 256 or 256x320") from None
-    if len(dims) == 1:
-        dims *= 2
-    if len(dims) != 2 or min(dims) < 16:
-        raise click.BadParameter(f"{text!r}: need H and W of at least 16")
-    return dims[0], dims[1]
+def torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 if __name__ == "__main__":

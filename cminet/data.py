@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from cminet.runtime.errors import CMINetError
-from cminet.runtime.folders import PAIR_TYPES, PairRef, discover_pairs, list_pairs
+from cminet.runtime.folders import PairRef
 from cminet.runtime.imaging import prepare_pair, read_image
 
-__all__ = ["PAIR_TYPES", "FusionPairs", "PairRef", "discover_pairs", "list_pairs", "load_pair", "split_validation"]
+__all__ = ["FusionPairs", "load_pair", "split_validation"]
 
 def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     """Carve validation pairs out of the training pairs (never from the test split).

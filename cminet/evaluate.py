@@ -18,10 +18,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cminet.data import PairRef
-from cminet.fusion import Fuses
 from cminet.metrics import METRICS, evaluate
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.folders import Fuses, PairRef
 from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write_image
 
 RANKED = ("MI", "VIF", "Qabf", "SF")  # the paper's four, higher is better

@@ -18,14 +18,13 @@ import torch
 
 from cminet.checkpoint import load_checkpoint
 from cminet.model import CMINet
+from cminet.runtime.contract import SHIPPED_WEIGHTS, shipped_dir
 from cminet.runtime.errors import ModelFileError
-from cminet.runtime.folders import SAMPLES_DIR, BatchReport, Fuses, fuse_files, fuse_folder
 from cminet.runtime.imaging import finish_output, prepare_pair
 
-__all__ = ["DEFAULT_WEIGHTS", "SAMPLES_DIR", "BatchReport", "Fuses", "TorchFuser", "fuse_arrays", "fuse_files",
-           "fuse_folder", "load_pretrained"]
+__all__ = ["DEFAULT_WEIGHTS", "TorchFuser", "fuse_arrays", "load_pretrained"]
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "cminet_default.safetensors"
+DEFAULT_WEIGHTS = shipped_dir() / SHIPPED_WEIGHTS
 
 
 def load_pretrained(path: str | Path | None = None, device: str = "cpu") -> CMINet:

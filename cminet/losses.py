@@ -1,4 +1,4 @@
-"""The CMINet training loss (SPEC section 4, from the paper):
+"""The CMINet training loss, from the paper:
 
     L = w_ssim · (1 − SSIM(f, max(a, b))) + w_tex · L_TEX + w_pix · L_PIX
 
@@ -199,7 +199,7 @@ class LossWeights:
 
 
 class FusionLoss(torch.nn.Module):
-    """Returns the total loss and its three terms (unweighted) for logging."""
+    """Returns the total loss and each weighted-in term (unweighted) for logging."""
 
     def __init__(self, weights: LossWeights | None = None):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Image-fusion metrics as fusion papers report them (SPEC section 5).
+"""Image-fusion metrics as fusion papers report them.
 
 All functions take float arrays in the 0–255 range, one shape, grey or the Y channel.
 :func:`evaluate` returns the nine numbers tables print: EN, SD, SF, AG, MI, SCD, VIF, Qabf,

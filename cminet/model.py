@@ -13,7 +13,7 @@ One file, one model (timm style). The architecture follows the paper summarised 
   (K) times. LFE = densely connected convs with GDA units and a local residual; GDA =
   1×1 conv → spatial + channel attention → GADN (gated adaptive normalisation).
 
-Choices this project made where the paper is silent (see SPEC section 3):
+Choices this project made where the paper is silent (see the README):
 
 * Attention keys/values are average-pooled ``kv_pool``× (spatial-reduction attention,
   as in PVT). Queries stay at full token resolution, so attention stays global, but its

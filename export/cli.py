@@ -10,19 +10,9 @@ from pathlib import Path
 
 import click
 
-from cminet.cli import friendly_errors
+from cminet.cli import debug_option, friendly_errors
+from cminet.runtime.contract import REFERENCE_FILE, SHIPPED_ONNX, validate_profile
 from cminet.runtime.errors import CMINetError
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """'1x256x256' (N×H×W) → (1, 256, 256)."""
-    try:
-        n, h, w = (int(p) for p in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not N×H×W, e.g. 1x256x256") from None
-    if n < 1 or min(h, w) < 16:
-        raise click.BadParameter(f"{text!r}: need N ≥ 1 and H, W ≥ 16")
-    return n, h, w
 
 
 def step(message: str):
@@ -37,7 +27,8 @@ def done(started: float, extra: str = "") -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--weights", type=click.Path(dir_okay=False), help="Checkpoint (.safetensors); default: the shipped one.")
 @click.option("--out", default="exported", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for cminet.onnx, cminet_fp16.onnx, the engine and export_report.json.")
+              help="Folder for cminet.onnx, cminet_fp16.onnx, reference_outputs.npz, the engine and "
+                   "export_report.json.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(17, 23),
               help="ONNX opset. 17 uses the TorchScript exporter, 18+ the dynamo exporter (see docs).")
 @click.option("--fp16", is_flag=True, help="Also write cminet_fp16.onnx (FP16 weights and compute).")
@@ -54,42 +45,57 @@ def done(started: float, extra: str = "") -> None:
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
+              help="Also write a Triton model repository here: cminet_onnx (FP32 ONNX) and, where an engine "
+                   "was built, cminet_trt; max_batch_size from --max-shape's N (needs cminet[triton]).")
+@debug_option
 @friendly_errors
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, slim, no_verify, debug) -> None:
+         timing_cache, slim, no_verify, triton_dir, debug) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
     Typical use (the FP16 engine is built only where TensorRT and a GPU are present):
       cminet-export --fp16
+    With a Triton Inference Server model repository (serve it with tritonserver):
+      cminet-export --fp16 --triton triton/
     On the Jetson itself, after copying exported/cminet_fp16.onnx there:
       cminet-export --fp16 --engine yes --max-shape 1x1024x1024 --timing-cache trt.cache
     """
-    from cminet.fusion import load_pretrained
+    import hashlib
+
+    from cminet.fusion import DEFAULT_WEIGHTS, load_pretrained
 
     from .fp16 import convert_fp16
     from .onnx_export import export_onnx
     from .tensorrt_build import build_engine, tensorrt_status
-    from .verify import as_json, verify_export
+    from .verify import as_json, verify_export, write_reference
 
-    shapes = [parse_shape(s) for s in (min_shape, opt_shape, max_shape)]
-    if not all(lo <= hi for a, b in zip(shapes, shapes[1:], strict=False) for lo, hi in zip(a, b, strict=True)):
-        raise click.BadParameter("need --min-shape ≤ --opt-shape ≤ --max-shape in every dimension")
+    shapes = validate_profile(min_shape, opt_shape, max_shape)
+    if triton_dir:  # fail before the export, not after it, when the schema is missing
+        from .triton import schema
+
+        schema()
     want_engine = engine_mode == "yes" or (engine_mode == "auto" and fp16)
     out = Path(out)
     model = load_pretrained(weights)
+    weights_sha256 = hashlib.sha256(Path(weights or DEFAULT_WEIGHTS).read_bytes()).hexdigest()
 
     t = step(f"exporting FP32 ONNX (opset {opset})")
-    fp32_path = export_onnx(model, out / "cminet.onnx", opset=opset, simplify=slim)
+    fp32_path = export_onnx(model, out / SHIPPED_ONNX["fp32"], opset=opset, simplify=slim,
+                            weights_sha256=weights_sha256)
     done(t, f" → {fp32_path} ({fp32_path.stat().st_size / 1e6:.2f} MB)")
     fp16_path = None
     if fp16 or engine_mode == "yes":
         t = step(f"converting to FP16 ({io_dtype.upper()} I/O)")
-        fp16_path = convert_fp16(fp32_path, out / "cminet_fp16.onnx", io_dtype=io_dtype, simplify=slim)
+        fp16_path = convert_fp16(fp32_path, out / SHIPPED_ONNX["fp16"], io_dtype=io_dtype, simplify=slim)
         done(t, f" → {fp16_path} ({fp16_path.stat().st_size / 1e6:.2f} MB)")
+    t = step("writing the drift reference (FP32 PyTorch on the shipped samples)")
+    reference = write_reference(model, out / REFERENCE_FILE, weights_sha256=weights_sha256)
+    done(t, f" → {reference} ({reference.stat().st_size / 1e6:.2f} MB)")
 
-    report: dict = {"weights": weights or "shipped", "opset": opset, "io_dtype": io_dtype, "slim": slim,
+    report: dict = {"weights": weights or "shipped", "weights_sha256": weights_sha256, "opset": opset,
+                    "io_dtype": io_dtype, "slim": slim,
                     "files": {"fp32": str(fp32_path), "fp16": str(fp16_path) if fp16_path else None}}
     failed = []
     if not no_verify:
@@ -119,8 +125,21 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
                                 "build_seconds": build.build_seconds, "fp16_layers": build.fp16_layers,
                                 "total_layers": build.total_layers}
 
+    if triton_dir and not failed:  # only verified files go into a serving repository
+        from .triton import write_model_repository
+
+        t = step(f"writing the Triton model repository {triton_dir}")
+        engine = report.get("engine", {})
+        configs = write_model_repository(triton_dir, fp32_path, max_batch_size=shapes[2][0],
+                                         engine=engine["path"] if engine.get("built") else None, engine_onnx=fp16_path)
+        done(t, f" → {', '.join(c.parent.name for c in configs)}")
+        report["triton"] = {"repository": str(triton_dir), "models": [c.parent.name for c in configs]}
+
     (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"• report → {out / 'export_report.json'}")
+    if not failed and not engine_error:
+        click.echo(f"next: cminet fuse --samples --out fused --model {fp32_path}   |   "
+                   f"cminet-bench --quick --model {fp16_path or fp32_path}")
     if engine_error:
         raise CMINetError(engine_error)
     if failed:

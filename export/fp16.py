@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from cminet.runtime.contract import META_IO_DTYPE, META_PRECISION
 from cminet.runtime.files import atomic_output
 
 from .graph import compact_names, slim
@@ -46,7 +47,7 @@ def convert_fp16(src: str | Path, dst: str | Path, io_dtype: str = "fp32", keep_
         )
     fp16.ir_version = model.ir_version
     props = {p.key: p.value for p in model.metadata_props}
-    onnx.helper.set_model_props(fp16, {**props, "cminet.precision": "fp16", "cminet.io_dtype": io_dtype})
+    onnx.helper.set_model_props(fp16, {**props, META_PRECISION: "fp16", META_IO_DTYPE: io_dtype})
     if simplify:
         fp16 = slim(fp16)
     compact_names(fp16)  # the converter adds a Cast pair with long names around every FP32 op

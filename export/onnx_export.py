@@ -26,22 +26,24 @@ import onnx
 import torch
 
 from cminet.model import CMINet
+from cminet.runtime.contract import INPUT_NAMES, META_CONFIG, META_PRECISION, META_WEIGHTS_SHA256, OUTPUT_NAME
 from cminet.runtime.files import atomic_output
 
 from .graph import compact_names, dedupe_initializers, inline_identity_initializers, slim
 
-INPUT_NAMES = ("mri", "other")
-OUTPUT_NAME = "fused"
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 # onnxruntime 1.17, the oldest the runtime supports, reads IR versions up to 9.
 MAX_IR_VERSION = 9
 
 
-def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, simplify: bool = True) -> Path:
+def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, simplify: bool = True,
+                weights_sha256: str | None = None) -> Path:
     """Write ``model`` as FP32 ONNX at ``path`` (atomically) and return the path.
 
-    ``simplify`` runs onnxslim over the graph (see :func:`cminet.export.graph.slim`)."""
+    ``simplify`` runs onnxslim over the graph (see :func:`cminet.export.graph.slim`);
+    ``weights_sha256`` (of the checkpoint file) is recorded in the model's metadata so a
+    shipped ONNX can be tied to the weights it came from."""
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
     path = Path(path)
@@ -67,7 +69,10 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, sim
         compact_names(proto)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         proto.producer_name, proto.doc_string = "cminet", "CMINet cross-modality medical image fusion"
-        onnx.helper.set_model_props(proto, {"cminet.precision": "fp32", "cminet.config": model.config.to_json()})
+        props = {META_PRECISION: "fp32", META_CONFIG: model.config.to_json()}
+        if weights_sha256:
+            props[META_WEIGHTS_SHA256] = weights_sha256
+        onnx.helper.set_model_props(proto, props)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
     return path

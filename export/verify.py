@@ -18,16 +18,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from cminet.data import PAIR_TYPES, list_pairs
-from cminet.fusion import SAMPLES_DIR
 from cminet.model import CMINet, count_parameters
+from cminet.runtime.backends.onnxruntime import session_input_dtype
+from cminet.runtime.compare import compare, worst
+from cminet.runtime.contract import INPUT_NAMES, TOLERANCES
+from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, list_pairs
 from cminet.runtime.imaging import prepare_pair, read_image
 
-from .onnx_export import INPUT_NAMES
-
 FP16_MAX = 65504.0
-PARITY_TOLERANCE = 1e-4
-FP16_MIN_PSNR = 40.0
 FP32_SIZE_RATIO = 1.15
 FP16_SIZE_RATIO = 0.6
 VERIFY_SIZES = ((256, 256), (200, 312))
@@ -47,10 +45,14 @@ def tensorrt_supported_ops() -> set[str]:
 
 
 def sample_inputs(sizes=VERIFY_SIZES) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The shipped sample pairs as float32 1×1×H×W network inputs, resized to each size."""
+    """The shipped sample pairs as float32 1×1×H×W network inputs, resized to each size
+    (``sizes=None``: as they are)."""
     out = []
     for ref in list_pairs(SAMPLES_DIR, PAIR_TYPES, "all"):
         pair = prepare_pair(read_image(ref.mri_path), read_image(ref.other_path))
+        if sizes is None:
+            out.append((f"{ref.pair}/{ref.name}", pair.mri[None, None], pair.other[None, None]))
+            continue
         for h, w in sizes:
             a = cv2.resize(pair.mri, (w, h), interpolation=cv2.INTER_AREA)
             b = cv2.resize(pair.other, (w, h), interpolation=cv2.INTER_AREA)
@@ -64,14 +66,9 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def _run(session, a, b) -> np.ndarray:
-    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    out = session.run(None, {INPUT_NAMES[0]: a.astype(dtype), INPUT_NAMES[1]: b.astype(dtype)})[0]
+    dtype = session_input_dtype(session)
+    out = session.run(None, dict(zip(INPUT_NAMES, (a.astype(dtype), b.astype(dtype)), strict=True)))[0]
     return out.astype(np.float32)
 
 
@@ -83,39 +80,41 @@ def check_onnx(path: Path) -> Check:
     return Check(f"onnx checker ({path.name})", True, "valid")
 
 
+def torch_outputs(model: CMINet, samples) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [model(torch.from_numpy(a), torch.from_numpy(b)).numpy() for _, a, b in samples]
+
+
+def _rows(names, comparisons) -> list[dict]:
+    return [{"sample": n, **c.as_dict()} for n, c in zip(names, comparisons, strict=True)]
+
+
 def check_parity(model: CMINet, path: Path, samples) -> Check:
-    session, rows = _session(path), []
-    for name, a, b in samples:
-        with torch.no_grad():
-            ref = model(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-        got = _run(session, a, b)
-        rows.append({"sample": name, "max_abs": float(np.abs(got - ref).max()), "psnr_db": _psnr(ref, got)})
-    worst = max(r["max_abs"] for r in rows)
-    psnr = min(r["psnr_db"] for r in rows)
-    return Check("ONNX Runtime vs PyTorch", worst < PARITY_TOLERANCE,
-                 f"max abs {worst:.2e} (< {PARITY_TOLERANCE:g}), PSNR ≥ {psnr:.1f} dB on {len(rows)} inputs",
-                 {"per_sample": rows, "max_abs": worst, "min_psnr_db": psnr})
+    """ONNX Runtime (FP32) against PyTorch on the same inputs, within the FP32 tolerance."""
+    session = _session(path)
+    comparisons = [compare(ref, _run(session, a, b)) for ref, (_, a, b) in zip(torch_outputs(model, samples), samples,
+                                                                                 strict=True)]
+    total, tolerance = worst(comparisons), TOLERANCES["fp32"]
+    return Check("ONNX Runtime vs PyTorch", total.passed(tolerance),
+                 f"max abs {total.max_abs:.2e} (≤ {tolerance.max_abs:g}), PSNR ≥ {total.psnr_db:.1f} dB "
+                 f"(≥ {tolerance.min_psnr_db:g}) on {len(samples)} inputs",
+                 {"per_sample": _rows([n for n, _, _ in samples], comparisons), "max_abs": total.max_abs,
+                  "min_psnr_db": total.psnr_db})
 
 
-def check_fp16(fp32: Path, fp16: Path, samples) -> Check:
-    from cminet.metrics import evaluate
-
-    s32, s16, rows = _session(fp32), _session(fp16), []
-    for name, a, b in samples:
-        o32, o16 = _run(s32, a, b), _run(s16, a, b)
-        m32 = evaluate(a[0, 0] * 255, b[0, 0] * 255, np.clip(o32[0, 0], 0, 1) * 255)
-        m16 = evaluate(a[0, 0] * 255, b[0, 0] * 255, np.clip(o16[0, 0], 0, 1) * 255)
-        rows.append({"sample": name, "max_abs": float(np.abs(o16 - o32).max()), "psnr_db": _psnr(o32, o16),
-                     "finite": bool(np.isfinite(o16).all()),
-                     "metric_change": {k: m16[k] - m32[k] for k in m32}})
-    psnr = min(r["psnr_db"] for r in rows)
-    worst = max(r["max_abs"] for r in rows)
-    metric = {k: max(abs(r["metric_change"][k]) for r in rows) for k in rows[0]["metric_change"]}
-    passed = psnr >= FP16_MIN_PSNR and all(r["finite"] for r in rows)
-    return Check("FP16 vs FP32", passed,
-                 f"PSNR ≥ {psnr:.1f} dB (≥ {FP16_MIN_PSNR:g}), max abs {worst:.2e}; largest metric change "
-                 f"MI {metric['MI']:.4f}, Qabf {metric['Qabf']:.4f}, VIF {metric['VIF']:.4f}",
-                 {"per_sample": rows, "min_psnr_db": psnr, "max_abs": worst, "max_abs_metric_change": metric})
+def check_fp16(model: CMINet, fp16: Path, samples) -> Check:
+    """The FP16 graph against FP32 PyTorch: pixels and what FP16 does to the fusion metrics."""
+    session = _session(fp16)
+    comparisons = [compare(ref, _run(session, a, b), (a, b))
+                   for ref, (_, a, b) in zip(torch_outputs(model, samples), samples, strict=True)]
+    total, tolerance = worst(comparisons), TOLERANCES["fp16"]
+    metric = total.metric_change
+    return Check("FP16 vs FP32", total.passed(tolerance),
+                 f"PSNR ≥ {total.psnr_db:.1f} dB (≥ {tolerance.min_psnr_db:g}), max abs {total.max_abs:.2e} "
+                 f"(≤ {tolerance.max_abs:g}); largest metric change "
+                 f"MI {metric['MI']:+.4f}, Qabf {metric['Qabf']:+.4f}, VIF {metric['VIF']:+.4f}",
+                 {"per_sample": _rows([n for n, _, _ in samples], comparisons), "min_psnr_db": total.psnr_db,
+                  "max_abs": total.max_abs, "max_abs_metric_change": metric})
 
 
 def check_weights(model: CMINet, fp32: Path, fp16: Path | None) -> Check:
@@ -160,7 +159,8 @@ def check_fp16_range(fp16: Path, samples) -> Check:
     largest: dict[str, float] = {}
     nonfinite = set()
     for _, a, b in samples:
-        feeds = {INPUT_NAMES[0]: a.astype(_np_input(session)), INPUT_NAMES[1]: b.astype(_np_input(session))}
+        dtype = session_input_dtype(session)
+        feeds = dict(zip(INPUT_NAMES, (a.astype(dtype), b.astype(dtype)), strict=True))
         for name, value in zip(names, session.run(None, feeds), strict=True):
             if value.dtype != np.float16:
                 continue
@@ -174,10 +174,6 @@ def check_fp16_range(fp16: Path, samples) -> Check:
                  f"{len(largest)} FP16 tensors; largest |x| = {peak:.1f} ({producers.get(top, '?')} output) vs FP16 "
                  f"max {FP16_MAX:g}" + (f"; NaN/Inf in {len(nonfinite)} tensors" if nonfinite else ""),
                  {"largest_abs": peak, "largest_tensor_op": producers.get(top), "nonfinite": sorted(nonfinite)})
-
-
-def _np_input(session) -> type:
-    return np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
 
 
 def check_tensorrt_ops(paths: list[Path]) -> Check:
@@ -197,10 +193,28 @@ def verify_export(model: CMINet, fp32: Path, fp16: Path | None, io_dtype: str = 
     checks = [check_onnx(fp32), check_parity(model, fp32, samples), check_io_dtypes(fp32, "float32")]
     if fp16 is not None:
         checks += [check_onnx(fp16), check_io_dtypes(fp16, "float32" if io_dtype == "fp32" else "float16"),
-                   check_fp16(fp32, fp16, samples), check_fp16_range(fp16, samples)]
+                   check_fp16(model, fp16, samples), check_fp16_range(fp16, samples)]
     checks += [check_weights(model, fp32, fp16), check_tensorrt_ops([p for p in (fp32, fp16) if p is not None])]
     return checks
 
 
 def as_json(checks: list[Check]) -> list[dict]:
     return [asdict(c) for c in checks]
+
+
+def write_reference(model: CMINet, path: str | Path, weights_sha256: str | None = None) -> Path:
+    """FP32 PyTorch outputs on the shipped sample pairs (native size), saved beside the ONNX
+    as the drift reference that ``cminet-bench`` and the tests read without torch
+    (format: :func:`cminet.runtime.compare.load_reference`)."""
+    from cminet.runtime.files import atomic_output
+
+    samples = sample_inputs(sizes=None)
+    arrays: dict[str, np.ndarray] = {"names": np.array([n for n, _, _ in samples])}
+    if weights_sha256:
+        arrays["weights_sha256"] = np.array(weights_sha256)
+    for i, ((_, a, b), fused) in enumerate(zip(samples, torch_outputs(model, samples), strict=True)):
+        arrays[f"mri_{i}"], arrays[f"other_{i}"], arrays[f"fused_{i}"] = a, b, fused
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(path)

@@ -2,7 +2,7 @@
 or TensorRT + cuda-python / pycuda). Importing it never imports PyTorch.
 
     from cminet.runtime import Fuser
-    fused = Fuser("cminet.onnx").fuse(mri, pet)
+    fused = Fuser().fuse(mri, pet)      # the shipped FP32 ONNX; Fuser("x.engine") for an engine
 
 Names are resolved on first use, so ``import cminet.runtime`` itself is cheap.
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "BACKENDS": ".fuser",
+    "BACKENDS": ".contract",
     "Fuser": ".fuser",
+    "Comparison": ".compare",
+    "compare": ".compare",
     "BackendUnavailable": ".backends.base",
     "CMINetError": ".errors",
     "ImageError": ".errors",

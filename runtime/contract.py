@@ -153,8 +153,8 @@ class Tolerance:
 TOLERANCES = {
     # FP32 ONNX / engines: reordered float sums only (measured 1e-6 .. 2e-5 on the samples).
     "fp32": Tolerance(max_abs=1e-4, min_psnr_db=80.0),
-    # FP16 compute with FP32 kept where FP16 is unsafe (measured 45–55 dB on the samples).
-    "fp16": Tolerance(max_abs=5e-2, min_psnr_db=40.0),
+    # FP16 compute, FP32 kept where FP16 is unsafe (shipped model, ORT CPU: 78 dB, max 4.1e-3).
+    "fp16": Tolerance(max_abs=2.5e-2, min_psnr_db=40.0),
 }
 # Fused uint8 images: rounding of values within max_abs of a .5 boundary.
 FUSED_GREY_LEVELS = {"fp32": 1, "fp16": 3}

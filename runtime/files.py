@@ -1,7 +1,7 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A crash, Ctrl-C or error never leaves a half-written image, checkpoint, model or engine
-under the final name (SPEC section 9)."""
+under the final name."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ class BatchReport:
 
 
 def fuse_folder(fuser: Fuses, refs, out_dir: str | Path, progress: bool = True) -> BatchReport:
-    """Fuse every :class:`cminet.data.PairRef` into ``<out>/<pair>/<name>``; a bad pair is
+    """Fuse every :class:`PairRef` into ``<out>/<pair>/<name>``; a bad pair is
     recorded and skipped, never fatal."""
     report = BatchReport()
     for ref in tqdm(refs, desc="fusing", unit="pair", disable=not progress):

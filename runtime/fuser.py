@@ -1,7 +1,8 @@
 """``Fuser``: what a device application embeds. numpy in, numpy out, no torch.
 
     from cminet.runtime import Fuser
-    with Fuser("cminet_fp16.engine") as fuser:      # or "cminet.onnx"
+    fused = Fuser().fuse(mri_u8, pet_rgb_u8)        # the shipped FP32 ONNX on ONNX Runtime
+    with Fuser("cminet_fp16.engine") as fuser:      # or any exported .onnx / .engine
         fused = fuser.fuse(mri_u8, pet_rgb_u8)      # uint8 RGB with PET colours restored
 
 Every input is checked (dtype, rank, channels, sizes, NaN/Inf, the engine's profile) and a
@@ -16,61 +17,67 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.base import Backend, BackendUnavailable
+from .backends.base import Backend, BackendUnavailable, open_backend
+from .contract import AUTO, BACKEND_CHOICES, BACKENDS, IO_CHANNELS, IO_RANK, ContractError, model_kind, shipped_onnx
 from .errors import ImageError, ModelFileError
 from .imaging import finish_output, prepare_pair
 
-BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+DEFAULT_BATCH_LIMIT = 16  # pairs per run when the model has no profile limit
 
 
-def _open_backend(path: Path, backend: str, device: int, threads: int | None, optimization: str) -> Backend:
-    is_engine = path.suffix.lower() in ENGINE_SUFFIXES
-    if backend == "auto":
-        if is_engine:
-            backend = "tensorrt"
-        else:
-            from .backends.onnxruntime import best_onnx_backend
+def resolve_backend(kind: str, backend: str) -> str:
+    """The backend ``auto`` means for a model file of ``kind``, or a clear refusal when
+    ``backend`` cannot run that kind of file."""
+    if backend == AUTO:
+        if kind == "engine":
+            return "tensorrt"
+        if kind == "weights":
+            return "torch-cpu"
+        from .backends.onnxruntime import best_onnx_backend
 
-            backend = best_onnx_backend()
-    if backend == "tensorrt":
-        if not is_engine:
-            raise BackendUnavailable(f"{path}: the tensorrt backend needs a .engine (build one with cminet-export)")
-        from .backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(path, device)
-    if is_engine:
-        raise BackendUnavailable(f"{path}: {backend} runs .onnx files; use backend='tensorrt' for engines")
-    if path.suffix.lower() != ".onnx":
-        raise ModelFileError(f"{path}: expected a .onnx or .engine file")
-    from .backends.onnxruntime import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend(path, backend, device, threads, optimization)
+        return best_onnx_backend()
+    runs = BACKENDS[backend].runs
+    if runs != kind:
+        wanted = {"onnx": "a .onnx file", "engine": "a .engine file", "weights": "a .safetensors checkpoint"}[runs]
+        raise BackendUnavailable(f"backend {backend!r} runs {wanted}, not a {kind} file")
+    return backend
 
 
 class Fuser:
     """Fuse MRI with CT / PET / SPECT using an exported model.
 
     Args:
-        path: ``.onnx`` (ONNX Runtime) or ``.engine`` (native TensorRT) file.
-        backend: ``auto`` (engine → tensorrt; ONNX → ort-cuda if available, else ort-cpu),
-            ``ort-cpu``, ``ort-cuda``, ``ort-trt`` or ``tensorrt``.
+        path: ``.onnx`` (ONNX Runtime) or ``.engine`` (native TensorRT) file; default: the
+            ONNX shipped with cminet in ``precision``.
+        backend: ``auto`` (engine → tensorrt; ONNX → ort-cuda if available, else ort-cpu)
+            or a name from :data:`cminet.runtime.contract.BACKENDS`.
+        precision: ``fp32`` or ``fp16``: which shipped ONNX to load when ``path`` is None.
         device: CUDA device index.
         threads: CPU threads for ONNX Runtime (default: all cores).
         optimization: ONNX Runtime graph optimisation level: disable, basic, extended, all.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", device: int = 0, threads: int | None = None,
-                 optimization: str = "all"):
+    def __init__(self, path: str | Path | None = None, backend: str = AUTO, precision: str = "fp32", device: int = 0,
+                 threads: int | None = None, optimization: str = "all"):
+        if backend not in BACKEND_CHOICES:
+            raise ContractError(f"backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise ContractError(f"device: expected a CUDA device index ≥ 0, got {device!r}")
+        if path is None:
+            path = shipped_onnx(precision)
+            if not path.is_file():
+                raise ModelFileError(f"{path}: the shipped ONNX is missing; reinstall cminet")
+        elif not isinstance(path, str | Path):
+            raise ContractError(f"path: expected a model file path, got {type(path).__name__}")
         path = Path(path)
-        if backend not in BACKENDS:
-            raise BackendUnavailable(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
         if path.stat().st_size == 0:
             raise ModelFileError(f"{path}: empty file")
+        name = resolve_backend(model_kind(path), backend)
         self.path = path
-        self._backend: Backend | None = _open_backend(path, backend, device, threads, optimization)
+        self._backend: Backend | None = open_backend(name, path, device=device, threads=threads,
+                                                     optimization=optimization, precision=precision)
 
     @property
     def backend(self) -> Backend:
@@ -85,7 +92,7 @@ class Fuser:
             if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float16):
                 got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
                 raise ImageError(f"{name}: expected a float32/float16 numpy array, got {got}")
-            if x.ndim != 4 or x.shape[1] != 1:
+            if x.ndim != IO_RANK or x.shape[1] != IO_CHANNELS:
                 raise ImageError(f"{name}: expected shape N×1×H×W, got {x.shape}")
         if mri.shape != other.shape:
             raise ImageError(f"input shapes differ: mri {mri.shape}, other {other.shape}")
@@ -93,7 +100,11 @@ class Fuser:
         if not (np.isfinite(mri).all() and np.isfinite(other).all()):
             raise ImageError("inputs contain NaN or Inf")
         dtype = self.backend.input_dtype
-        return self.backend.run(np.ascontiguousarray(mri, dtype=dtype), np.ascontiguousarray(other, dtype=dtype))
+        out = self.backend.run(np.ascontiguousarray(mri, dtype=dtype), np.ascontiguousarray(other, dtype=dtype))
+        if out.shape != mri.shape:
+            raise ModelFileError(f"{self.path}: the model returned shape {tuple(out.shape)} for input "
+                                 f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
+        return out
 
     # -- images in, images out -----------------------------------------------------------
     def fuse(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -109,7 +120,7 @@ class Fuser:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(prepared):
             by_size.setdefault(p.mri.shape, []).append(i)
-        limit = self.backend.profile.max[0] if self.backend.profile.max else 16
+        limit = self.backend.profile.max[0] if self.backend.profile.max else DEFAULT_BATCH_LIMIT
         for indices in by_size.values():
             for start in range(0, len(indices), limit):
                 chunk = indices[start : start + limit]

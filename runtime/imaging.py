@@ -2,7 +2,7 @@
 
 numpy + OpenCV only: this module is part of the torch-free runtime.
 
-Colour handling (SPEC section 4): PET and SPECT are pseudo-colour RGB. They are converted
+Colour handling: PET and SPECT are pseudo-colour RGB. They are converted
 to YCbCr with the full-range BT.601 (JPEG) matrix, the network fuses their Y with the MRI,
 and the source Cb/Cr are put back. CT and MRI are grey.
 """

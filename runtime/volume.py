@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .contract import AUTO, BACKENDS
-from .errors import CMINetError, ModelFileError
+from .errors import CMINetError
 from .fuser import Fuser
 from .imaging import finish_output, prepare_pair, to_uint8, validate_image, write_image
 from .palettes import DEFAULT_COLORMAP, GRAY, apply_palette, check_colormap
@@ -176,33 +176,25 @@ class SlicePair:
                 "colormap": self.colormap}
 
 
-def _open_fuser(model, backend: str, threads: int | None) -> tuple[Fuser, bool]:
+def _open_fuser(model, backend: str, precision: str, threads: int | None) -> tuple[Fuser, bool]:
     """(fuser, whether we opened it and so must close it)."""
     if isinstance(model, Fuser):
         return model, False
-    options = {"backend": backend, "threads": threads}
-    if model is None:
-        from .contract import shipped_onnx
-
-        shipped = shipped_onnx("fp32")
-        if not shipped.is_file():
-            raise ModelFileError(f"{shipped}: this install has no shipped ONNX; give a model "
-                                 "(--model / model=) exported with cminet-export")
-        return Fuser(**options), True  # Fuser()'s default: the shipped FP32 ONNX
-    return Fuser(model, **options), True
+    return Fuser(model, backend=backend, precision=precision, threads=threads), True  # None: the shipped ONNX
 
 
 def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
                 colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
-                threads: int | None = None, progress: bool = False) -> Volume:
+                precision: str = "fp32", threads: int | None = None, progress: bool = False) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
     uint8 X×Y×Z×3 RGB for PET and SPECT.
 
     Args:
         mri, other: a NIfTI path, a DICOM series folder, or a :class:`Volume`.
-        model: ``.onnx`` / ``.engine`` path, or an open :class:`Fuser` (then ``backend`` and
-            ``threads`` are its own); None: ``Fuser()``'s default, the shipped FP32 ONNX.
+        model: ``.onnx`` / ``.engine`` path, or an open :class:`Fuser` (then ``backend``,
+            ``precision`` and ``threads`` are its own); None: ``Fuser()``'s default, the shipped
+            ONNX of ``precision`` (``fp32`` or ``fp16``).
         modality: ``ct``, ``pet`` or ``spect``; None: from OTHER's DICOM Modality.
         window: ``(low, high)`` or ``"low,high"`` in OTHER's units (HU for CT); None: CT
             :data:`CT_WINDOW`, PET/SPECT the volume's 0.5–99.5 percentiles.
@@ -223,7 +215,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     modality = resolve_modality(modality, other)
     coverage = check_overlap(mri, other)
     pair = SlicePair(mri, other, modality, window, colormap)
-    fuser, owned = _open_fuser(model, backend, threads)
+    fuser, owned = _open_fuser(model, backend, precision, threads)
     started = time.perf_counter()
     try:
         batch_size = batch_size or _default_batch_size(fuser)

@@ -41,10 +41,51 @@ def write_dataset(root: Path, pairs=("ct_mri", "pet_mri"), n: int = 6, size: int
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A small-config checkpoint that is not the max rule (see :func:`non_max_rule_model`)."""
+    from cminet.checkpoint import save_checkpoint
+    from cminet.model import CMINetConfig
+
+    config = CMINetConfig(channels=8, embed_dim=16, num_heads=2, growth=4)
+    return save_checkpoint(non_max_rule_model(seed, config), path)
+
+
+def non_max_rule_model(seed: int = 0, config=None):
+    """A CMINet whose output is far from max(a, b) and depends on every weight: random
+    weights, the last convolution included (an untrained max-residual model is exactly
+    the max rule, and comparing two max rules cannot catch a wrong network)."""
     import torch
 
-    from cminet.checkpoint import save_checkpoint
-    from cminet.model import CMINet, CMINetConfig
+    from cminet.model import CMINet
 
     torch.manual_seed(seed)
-    return save_checkpoint(CMINet(CMINetConfig(channels=8, embed_dim=16, num_heads=2, growth=4)), path)
+    model = CMINet(config).eval()
+    with torch.no_grad():
+        # Every parameter moved off its initial value (zero-initialised gains, all-ones
+        # LayerNorm scales and the zero last convolution included), so each one matters.
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+        model.tail[-1].weight.normal_(0.0, 0.2)
+        a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+        gap = (model(a, b) - torch.maximum(a, b)).abs().mean().item()
+    assert gap > 1e-2, f"fixture model is too close to the max rule ({gap:.1e})"
+    return model
+
+
+# What `pip install .` does not bring: the [train] extra's packages.
+TRAIN_ONLY_MODULES = ("torch", "safetensors", "onnx", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib")
+
+
+def torch_free_env(tmp_path: Path) -> dict:
+    """Environment for a subprocess that behaves like the base install (`pip install .`):
+    a sitecustomize sets ``sys.modules[name] = None`` for torch and the rest of the [train]
+    extra (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
+    inherited by any child process."""
+    import os
+
+    site = tmp_path / "no_torch_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {TRAIN_ONLY_MODULES!r}:\n"
+                                           "    sys.modules[name] = None\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return env

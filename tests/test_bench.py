@@ -5,7 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from cminet.benchmarks.roofline import DeviceProfile, estimate, load_profiles
-from cminet.benchmarks.stats import fit_exponent, latency_summary, psnr, throughput_ips
+from cminet.benchmarks.stats import fit_exponent, latency_summary, throughput_ips
+from cminet.runtime.compare import psnr
+from cminet.runtime.contract import TOLERANCES
 
 from .helpers import tiny_checkpoint
 
@@ -48,28 +50,57 @@ def test_shipped_profiles_are_complete():
 
 
 @pytest.mark.slow
-def test_quick_smoke_run_writes_the_json_schema(tmp_path):
-    from cminet.benchmarks.cli import main
+def test_run_benchmark_api_measures_latency_and_drift(tmp_path):
+    """torch, ORT FP32 and ORT FP16 on a small non-max-rule checkpoint: the drift column
+    tells them apart (torch is the reference itself, FP32 within its tolerance, FP16
+    measurably further off)."""
+    from cminet.benchmarks.bench import run_benchmark
 
     weights = tiny_checkpoint(tmp_path / "tiny.safetensors")
-    out = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["--weights", str(weights), "--backends", "torch-cpu,ort-cpu", "--sizes", "32",
-                                       "--batch", "1", "--warmup", "1", "--iters", "3", "--json", str(out),
-                                       "--workdir", str(tmp_path / "work"), "--profile", "orin-nano-8gb"])
-    assert result.exit_code == 0, result.output
-    assert "ESTIMATES" in result.output and "p50 ms" in result.output
-    report = json.loads(out.read_text())
-    assert {"cpu", "gpu", "versions", "git_commit"} <= set(report["machine"])
+    report = run_benchmark(["torch-cpu", "ort-cpu"], [(32, 32)], [1, 2], warmup=1, iters=3, weights=str(weights),
+                           workdir=tmp_path / "work")
+    assert {"cpu", "gpu", "versions", "git_commit", "matmul_peak_gflops"} <= set(report["machine"])
     rows = report["results"]
-    assert {(r["backend"], r["precision"]) for r in rows} == {("torch-cpu", "fp32"), ("ort-cpu", "fp32"),
-                                                               ("ort-cpu", "fp16")}
+    assert {(r["backend"], r["precision"], r["batch"]) for r in rows} == {
+        (b, p, n) for b, p in (("torch-cpu", "fp32"), ("ort-cpu", "fp32"), ("ort-cpu", "fp16")) for n in (1, 2)}
     for r in rows:
-        assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "mean"}
-        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
-        assert r["throughput_ips"] > 0 and r["peak_rss_mb"] > 0 and r["cold_start_s"] > 0
-        assert r["height"] == r["width"] == 32 and r["batch"] == 1 and "gpu_mem_mb" in r
-        assert set(r["drift"]) >= {"max_abs", "psnr_db", "mi_change", "qabf_change"}
-    torch_row = next(r for r in rows if r["backend"] == "torch-cpu")
-    assert torch_row["drift"]["max_abs"] == 0.0  # the reference itself
-    fp32 = next(r for r in rows if r["backend"] == "ort-cpu" and r["precision"] == "fp32")
-    assert fp32["drift"]["max_abs"] < 1e-4
+        assert r["latency_ms"]["n"] == 3 and r["throughput_ips"] > 0 and r["peak_rss_mb"] > 0
+        assert r["cold_start_s"] > 0 and r["height"] == r["width"] == 32 and r["gpu_mem_mb"] is None
+        assert r["flops"] > 0 and r["achieved_gflops"] > 0 and r["drift"]["count"] == 3
+    drift = {(r["backend"], r["precision"]): r["drift"]["max_abs"] for r in rows}
+    # The reference is FP32 PyTorch itself (computed with another thread count).
+    assert drift["torch-cpu", "fp32"] <= TOLERANCES["fp32"].max_abs / 10
+    assert 0 <= drift["ort-cpu", "fp32"] <= TOLERANCES["fp32"].max_abs
+    assert TOLERANCES["fp32"].max_abs < drift["ort-cpu", "fp16"] <= TOLERANCES["fp16"].max_abs
+    assert report["skipped"] == []
+
+
+def test_cli_prints_the_table_and_estimates(tmp_path, monkeypatch):
+    """The printer on a canned report (the measuring is run_benchmark's, tested above)."""
+    from cminet.benchmarks import cli
+
+    row = {"backend": "ort-cpu", "precision": "fp32", "height": 64, "width": 64, "batch": 1,
+           "latency_ms": {"p50": 2.0, "p90": 2.5, "p99": 3.0, "mean": 2.1, "n": 3}, "throughput_ips": 500.0,
+           "peak_rss_mb": 90.0, "gpu_mem_mb": None, "cold_start_s": 0.5, "file_mb": 1.0,
+           "drift": {"max_abs": 1e-6, "psnr_db": 120.0, "metric_change": {"MI": 0.0, "Qabf": -0.001}}}
+    canned = {"machine": {"cpu": "Toy CPU", "cpu_cores": 2, "gpu": None, "matmul_peak_gflops": 100.0,
+                          "date": "2026-01-01T00:00:00Z"},
+              "results": [row], "skipped": ["tensorrt fp16: worker failed: x"], "costs": [
+                  {"height": 64, "width": 64, "flops": 10**9, "bytes_moved": 10**7, "parameters": 1}],
+              "drift_reference": {"ort-cpu/fp32": "ref.npz"}, "scaling": {}, "ort_cpu_op_time_share": {}}
+    seen = {}
+
+    def fake_run(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return canned
+
+    monkeypatch.setattr(cli, "run_benchmark", fake_run)
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli.main, ["--sizes", "64", "--batch", "1", "--profile", "orin-nano-8gb",
+                                           "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ort-cpu" in result.output and "ESTIMATES" in result.output and "1.0e-06" in result.output
+    assert seen["args"][1] == [(64, 64)] and json.loads(out.read_text())["estimates"]
+    for bad in (["--sizes", "8"], ["--batch", "0"], ["--sizes", "abc"]):
+        result = CliRunner().invoke(cli.main, bad)
+        assert result.exit_code == 2 and "Traceback" not in result.output

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cminet.cli import main
-from cminet.fusion import SAMPLES_DIR
+from cminet.runtime.folders import SAMPLES_DIR
 
 from .helpers import tiny_checkpoint, write_dataset
 

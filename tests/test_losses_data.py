@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from cminet.data import PairRef, list_pairs, split_validation
+from cminet.data import split_validation
 from cminet.losses import FusionLoss, LossWeights, crop_vif, gradient_magnitude, qabf, ssim, vif
 from cminet.metrics import qabf as qabf_metric
+from cminet.metrics import ssim as ssim_metric
 from cminet.metrics import vif_pixel
+from cminet.runtime.folders import PairRef, list_pairs
 from cminet.runtime.imaging import finish_output, prepare_pair, rgb_to_ycbcr, ycbcr_to_rgb
 
 from .helpers import write_dataset
@@ -47,6 +49,19 @@ def test_loss_terms_on_hand_made_images():
     weights = LossWeights(ssim=0, texture=0, pixel=2)
     assert FusionLoss(weights)(f, a, b)[0].item() == pytest.approx(1.0)
     assert total.item() == pytest.approx(10 * terms["ssim"] + 100 * terms["texture"] + terms["pixel"], rel=1e-5)
+
+
+def test_ssim_loss_matches_the_evaluation_metric():
+    # The training SSIM and cminet.metrics.ssim are one formula (Wang et al. 2004, valid
+    # region): the same number on a structured pair, in their own value ranges.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :72]
+    x = 0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    y = np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1)
+    expected = ssim_metric(x * 255, y * 255)
+    assert 0.3 < expected < 0.99
+    assert ssim(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None]).item() == pytest.approx(
+        expected, rel=1e-6)
 
 
 def test_vif_loss_matches_the_evaluation_metric():

@@ -6,11 +6,12 @@ import torch
 from cminet import CMINet, CMINetConfig
 from cminet.model import count_flops, count_parameters
 
+from .helpers import non_max_rule_model
+
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return CMINet().eval()
+    return non_max_rule_model()
 
 
 @pytest.mark.parametrize("size", [(16, 16), (64, 64), (200, 312), (256, 256), (17, 45)])

@@ -26,7 +26,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from cminet.cli import main  # noqa: E402
 from cminet.runtime import Fuser  # noqa: E402
 from cminet.runtime.contract import FUSED_GREY_LEVELS, shipped_onnx  # noqa: E402
-from cminet.runtime.errors import CMINetError, ModelFileError  # noqa: E402
+from cminet.runtime.errors import CMINetError  # noqa: E402
 from cminet.runtime.imaging import rgb_to_ycbcr  # noqa: E402
 from cminet.runtime.palettes import apply_palette, palette_lut  # noqa: E402
 from cminet.runtime.volume import (  # noqa: E402
@@ -603,14 +603,14 @@ def test_cli_refusals_are_one_line_and_leave_no_output(tmp_path, model_path):
     assert list(busy.iterdir()) == [busy / "keep.dcm"]
 
 
-def test_default_model_is_the_shipped_onnx(tmp_path):
+def test_default_model_is_the_shipped_onnx(model_path):
     mri = brain_mri((24, 24, 4), (8.0, 8.0, 8.0))
     ct = sphere_volume((20, 20, 4), (8.0, 8.0, 8.0), "RAS", value=900.0)
-    if shipped_onnx("fp32").is_file():
-        assert fuse_volume(mri, ct, modality="ct").shape == mri.shape
-    else:
-        with pytest.raises(ModelFileError, match=r"cminet\.onnx: this install has no shipped ONNX; give a model"):
-            fuse_volume(mri, ct, modality="ct")
+    with Fuser(model_path, backend="ort-cpu") as explicit:
+        expected = fuse_volume(mri, ct, model=explicit, modality="ct").data
+    assert np.array_equal(fuse_volume(mri, ct, modality="ct", backend="ort-cpu").data, expected)
+    with pytest.raises(CMINetError, match="precision: expected one of fp32, fp16"):
+        fuse_volume(mri, ct, modality="ct", precision="int8")
 
 
 # -- end to end, torch-free ---------------------------------------------------------------

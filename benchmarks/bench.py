@@ -1,0 +1,298 @@
+"""``run_benchmark()``: latency, memory and drift for every backend on this machine, as a
+dict. ``cminet-bench`` (:mod:`cminet.benchmarks.cli`) is a thin printer around it.
+
+    from cminet.benchmarks.bench import run_benchmark
+    report = run_benchmark(sizes=[(256, 256)], batches=[1])   # every backend present
+    report["results"][0]["latency_ms"]["p50"]
+
+Each backend runs in its own process (:mod:`cminet.benchmarks.worker`). Models: the shipped
+ONNX (FP32, FP16) unless ``weights`` (exported here, needs torch) or ``models`` (your own
+.onnx / .engine files, e.g. on a device) are given. Drift is measured against the FP32
+PyTorch reference outputs that ``cminet-export`` writes beside the ONNX (and the wheel
+ships), so it needs no torch either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cminet.runtime.backends.base import missing_requirement
+from cminet.runtime.contract import (
+    BACKENDS,
+    META_WEIGHTS_SHA256,
+    PRECISIONS,
+    REFERENCE_FILE,
+    SHIPPED_ONNX,
+    SHIPPED_WEIGHTS,
+    ContractError,
+    model_kind,
+    shipped_dir,
+    shipped_onnx,
+)
+from cminet.runtime.errors import CMINetError
+
+from .machine import describe
+from .stats import fit_exponent
+
+SAMPLE = ("pet_mri", "41066.png")  # the cold-start image pair
+
+
+def available_backends() -> list[tuple[str, str]]:
+    """(backend, precision) pairs this machine can run, found without importing torch,
+    TensorRT or CUDA into this process where a cheaper probe answers."""
+    import onnxruntime as ort
+
+    found: list[tuple[str, str]] = []
+    if missing_requirement("torch-cpu") is None:
+        found.append(("torch-cpu", "fp32"))
+        if _torch_cuda_available():
+            found += [("torch-cuda", "fp32"), ("torch-cuda", "fp16")]
+    providers = ort.get_available_providers()
+    found += [("ort-cpu", p) for p in BACKENDS["ort-cpu"].precisions]
+    if "CUDAExecutionProvider" in providers:
+        found += [("ort-cuda", p) for p in BACKENDS["ort-cuda"].precisions]
+    if "TensorrtExecutionProvider" in providers:
+        found += [("ort-trt", p) for p in BACKENDS["ort-trt"].precisions]
+    if missing_requirement("tensorrt") is None:
+        # JetPack's TensorRT + cuda-python is enough: no CUDA build of torch or ORT needed.
+        from cminet.export.tensorrt_build import tensorrt_status
+
+        if tensorrt_status()[0]:
+            found += [("tensorrt", p) for p in BACKENDS["tensorrt"].precisions]
+    return found
+
+
+def _torch_cuda_available() -> bool:
+    code = "import torch; print(torch.cuda.is_available())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() == "True"
+
+
+def select_backends(wanted: list[str] | None) -> list[tuple[str, str]]:
+    present = available_backends()
+    if not wanted:
+        return present
+    unknown = [b for b in wanted if b not in BACKENDS]
+    if unknown:
+        raise ContractError(f"backends: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
+    missing = [b for b in wanted if b not in {name for name, _ in present}]
+    if missing:
+        reasons = [f"{b} ({BACKENDS[b].install})" if missing_requirement(b) else f"{b} (no usable GPU/provider)"
+                   for b in missing]
+        raise CMINetError(f"backend(s) not available on this machine: {'; '.join(reasons)}")
+    return [(b, p) for b, p in present if b in wanted]
+
+
+def prepare_models(backends: list[tuple[str, str]], workdir: Path, weights: str | None,
+                   models: list[str]) -> dict[str, str]:
+    """Which file each model kind/precision uses: keys 'weights', 'fp32', 'fp16', 'engine'.
+
+    Given ``models`` win; else ONNX exported from ``weights`` (cached by their hash, needs
+    torch) or the shipped ONNX; an engine is built from the FP16 ONNX where a tensorrt
+    backend is asked for and none was given."""
+    files: dict[str, str] = {}
+    for path in models:
+        kind = model_kind(path)
+        if not Path(path).is_file():
+            raise CMINetError(f"{path}: no such model file")
+        if kind == "onnx":
+            files[_onnx_precision(path)] = str(path)
+        else:
+            files[kind] = str(path)
+    needs_torch = any(BACKENDS[b].runs == "weights" for b, _ in backends)
+    if weights or needs_torch:
+        files.setdefault("weights", str(weights or shipped_dir() / SHIPPED_WEIGHTS))
+    if weights:
+        folder = workdir / hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+        if not (folder / SHIPPED_ONNX["fp16"]).is_file() or not (folder / REFERENCE_FILE).is_file():
+            _export(weights, folder)
+        for precision in PRECISIONS:
+            files.setdefault(precision, str(folder / SHIPPED_ONNX[precision]))
+    for precision in PRECISIONS:
+        files.setdefault(precision, str(shipped_onnx(precision)))
+    if any(b == "tensorrt" for b, _ in backends) and "engine" not in files:
+        from cminet.export.tensorrt_build import build_engine
+
+        engine = Path(files["fp16"]).parent / "cminet_fp16.engine"
+        if Path(files["fp16"]).parent == shipped_dir():
+            engine = workdir / "shipped" / "cminet_fp16.engine"
+        files["engine"] = str(build_engine(files["fp16"], engine).engine)
+    return files
+
+
+def _onnx_metadata(path: str) -> dict[str, str]:
+    """The model's metadata_props, read with ONNX Runtime (the base install has no onnx)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises private exception types for bad files
+        raise CMINetError(f"{path}: not a loadable ONNX model ({str(exc).strip().splitlines()[0][:200]})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _onnx_precision(path: str) -> str:
+    from cminet.runtime.contract import META_PRECISION
+
+    return _onnx_metadata(path).get(META_PRECISION, "fp32")
+
+
+def _export(weights: str, folder: Path) -> None:
+    """FP32 + FP16 ONNX and the drift reference for ``weights`` (the torch side)."""
+    import torch
+
+    torch.set_num_threads(1)  # idle OpenMP workers here would steal cores from the timed workers
+    from cminet.export.fp16 import convert_fp16
+    from cminet.export.onnx_export import export_onnx
+    from cminet.export.verify import write_reference
+    from cminet.fusion import load_pretrained
+
+    model = load_pretrained(weights)
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    fp32 = export_onnx(model, folder / SHIPPED_ONNX["fp32"], weights_sha256=digest)
+    convert_fp16(fp32, folder / SHIPPED_ONNX["fp16"])
+    write_reference(model, folder / REFERENCE_FILE, weights_sha256=digest)
+
+
+def model_for(backend: str, precision: str, files: dict[str, str]) -> str:
+    runs = BACKENDS[backend].runs
+    return files[runs] if runs in ("weights", "engine") else files[precision]
+
+
+def reference_for(model: str, export_dir: Path) -> tuple[str | None, str]:
+    """The drift reference for ``model`` and where it came from: beside the model, in the
+    folder its ONNX were exported to, or the shipped one, whichever belongs to the same
+    weights; None (with the reason) when none does."""
+    import numpy as np
+
+    candidates = [Path(model).with_name(REFERENCE_FILE), export_dir / REFERENCE_FILE, shipped_dir() / REFERENCE_FILE]
+    expected = _weights_sha(model)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        with np.load(path) as data:
+            have = str(data["weights_sha256"]) if "weights_sha256" in data else None
+        if expected is None or have is None or have == expected:
+            return str(path), f"{path} (FP32 PyTorch)"
+    return None, f"no reference outputs for {model} (cminet-export writes {REFERENCE_FILE} beside the ONNX)"
+
+
+def _weights_sha(model: str) -> str | None:
+    kind = model_kind(model)
+    if kind == "weights":
+        return hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    if kind == "onnx":
+        return _onnx_metadata(model).get(META_WEIGHTS_SHA256)
+    return None  # engines: trust the reference beside them
+
+
+def run_worker(args: list[str], spec: dict, timeout: float) -> tuple[dict, float]:
+    """Run a worker; return its RESULT and the wall time at spawn."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "cminet.benchmarks.worker", *args, json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CMINetError(f"{spec['backend']} {spec['precision']}: worker failed: {last}")
+    return json.loads(lines[-1][len("RESULT "):]), started
+
+
+def model_costs(weights: str | None, sizes: list[tuple[int, int]]) -> dict:
+    """FLOPs and bytes per size, counted with PyTorch; {} on a torch-free install."""
+    if weights is None or missing_requirement("torch-cpu"):
+        return {}
+    from cminet.fusion import load_pretrained
+
+    from .cost import model_cost
+
+    model = load_pretrained(weights)
+    return {(h, w): model_cost(model, h, w) for h, w in sizes}
+
+
+def scaling_report(rows: list[dict]) -> dict:
+    """Per backend/precision/batch: fitted exponent of latency (and RSS) against pixels."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["backend"], r["precision"], r["batch"]), []).append(r)
+    out = {}
+    for (backend, precision, batch), rs in groups.items():
+        if len({(r["height"], r["width"]) for r in rs}) < 2:
+            continue
+        pixels = [r["height"] * r["width"] for r in rs]
+        out[f"{backend}/{precision}/b{batch}"] = {
+            "latency_exponent": fit_exponent(pixels, [r["latency_ms"]["p50"] for r in rs]),
+            "rss_exponent": fit_exponent(pixels, [r["peak_rss_mb"] for r in rs]),
+        }
+    return out
+
+
+def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]] = ((256, 256),),
+                  batches: list[int] = (1,), warmup: int = 5, iters: int = 30, weights: str | None = None,
+                  models: list[str] = (), drift: bool = True, workdir: str | Path = ".cminet-bench",
+                  threads: int | None = None, op_profile: bool = False,
+                  progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Measure every (backend, precision) asked for (default: all present); return the
+    report dict (machine, models, results, skipped, scaling, costs)."""
+    for name, value in (("warmup", warmup), ("iters", iters)):
+        if not isinstance(value, int) or value < (1 if name == "iters" else 0):
+            raise ContractError(f"{name}: expected a whole number ≥ {1 if name == 'iters' else 0}, got {value!r}")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise ContractError(f"batches: expected whole numbers ≥ 1, got {list(batches)!r}")
+    chosen = select_backends(list(backends) if backends else None)
+    workdir = Path(workdir)
+    progress("measuring the machine (matmul peak)")
+    machine = describe()
+    progress("preparing models")
+    files = prepare_models(chosen, workdir, weights, list(models))
+    costs = model_costs(files.get("weights"), list(sizes))
+    threads = threads or os.cpu_count()
+    sample_root = shipped_dir().parent / "samples" / SAMPLE[0]
+    rows: list[dict] = []
+    skipped: list[str] = []
+    drift_notes: dict[str, str] = {}
+    for backend, precision in chosen:
+        progress(f"{backend} {precision}")
+        model = model_for(backend, precision, files)
+        reference, note = reference_for(model, Path(files["fp32"]).parent) if drift else (None, "drift not asked for")
+        drift_notes[f"{backend}/{precision}"] = note
+        spec = {"backend": backend, "precision": precision, "model": model, "sizes": [list(s) for s in sizes],
+                "batches": list(batches), "warmup": warmup, "iters": iters, "threads": threads,
+                "reference": reference, "sample_mri": str(sample_root / "mri" / SAMPLE[1]),
+                "sample_other": str(sample_root / "other" / SAMPLE[1])}
+        try:
+            measured, _ = run_worker([], spec, timeout=3600)
+            cold, spawned = run_worker(["--cold"], spec, timeout=600)
+        except (CMINetError, subprocess.TimeoutExpired) as exc:
+            skipped.append(str(exc))
+            continue
+        size_mb = Path(model).stat().st_size / 2**20
+        for row in measured["rows"]:
+            cost = costs.get((row["height"], row["width"]))
+            row.update(cold_start_s=cold["finished_at"] - spawned, file_mb=size_mb, model=model,
+                       drift=measured["drift"], backend_info=measured["info"])
+            if cost:
+                row.update(parameters=cost["parameters"], flops=cost["flops"] * row["batch"],
+                           achieved_gflops=cost["flops"] * row["batch"] / (row["latency_ms"]["p50"] * 1e6))
+            rows.append(row)
+    if not rows:
+        raise CMINetError("no backend could be measured: " + "; ".join(skipped))
+    breakdown = {}
+    if op_profile and "fp32" in files:
+        from .ort_profile import op_breakdown
+
+        h, w = sizes[0]
+        breakdown = op_breakdown(files["fp32"], h, w, threads=threads)
+    return {"machine": machine, "models": files, "drift_reference": drift_notes,
+            "costs": [{"height": h, "width": w, **c} for (h, w), c in costs.items()],
+            "results": rows, "scaling": scaling_report(rows), "ort_cpu_op_time_share": breakdown,
+            "skipped": skipped}

@@ -1,0 +1,194 @@
+"""`cminet serve` (a real tritonserver through PyTriton) and `cminet fuse --server`.
+
+The server runs in its own environment, ``.venv-serve`` (``make test`` builds it with
+``pip install -e '.[serve]'``): PyTriton 0.7 requires numpy < 2, and serving needs no torch.
+The tests are its clients from this environment (``cminet[triton]``), on 127.0.0.1 only,
+with bounded request counts."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sysconfig
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cminet.cli import main
+from cminet.runtime import Fuser
+from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, list_pairs
+from cminet.runtime.imaging import read_image
+from cminet.serve import (
+    ServerError,
+    TritonFuser,
+    free_port,
+    model_counters,
+    python_library_env,
+    server_message,
+    split_url,
+    start_server,
+    stop_server,
+)
+
+from .test_triton import shipped_fp32_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+SERVE_PYTHON = Path(os.environ.get("CMINET_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python")).absolute()
+CLIENTS, REQUESTS_EACH, SIDE = 8, 2, 128  # 16 concurrent requests: a few seconds on 2 cores
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    return shipped_fp32_onnx(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(onnx_model, tmp_path_factory):
+    """``cminet serve`` from the serving environment, with Prometheus metrics on."""
+    pytest.importorskip("tritonclient.http", reason="pip install 'cminet[triton]'")
+    if not SERVE_PYTHON.is_file():
+        message = f"no serving environment at {SERVE_PYTHON} (make .venv-serve/bin/.installed)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI builds it: a missing one is a broken Makefile, not a skip
+        pytest.skip(message)
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    try:
+        process = start_server("--model", str(onnx_model), "--metrics-port", str(metrics_port), "--max-batch-size",
+                               "8", port=port, python=str(SERVE_PYTHON), log_path=log, timeout=180)
+    except ServerError as exc:
+        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "metrics_port": metrics_port, "process": process,
+           "log": log}
+    stop_server(process)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_fuse_server_matches_local_fusion_on_the_samples(server, onnx_model, tmp_path):
+    out = tmp_path / "served"
+    result = CliRunner().invoke(main, ["fuse", "--server", server["url"], "--samples", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    refs = list_pairs(SAMPLES_DIR, PAIR_TYPES, "all")
+    with Fuser(onnx_model, backend="ort-cpu") as local:
+        for ref in refs:
+            expected = local.fuse(read_image(ref.mri_path), read_image(ref.other_path))
+            served = read_image(out / ref.pair / ref.name)
+            assert served.shape == expected.shape == ((256, 256) if ref.pair == "ct_mri" else (256, 256, 3)), ref.name
+            assert np.abs(served.astype(int) - expected.astype(int)).max() <= 1, ref.name
+
+    single = tmp_path / "one.png"
+    ref = refs[0]
+    result = CliRunner().invoke(main, ["fuse", "--server", server["url"], str(ref.mri_path), str(ref.other_path),
+                                       "-o", str(single)])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(read_image(single), read_image(out / ref.pair / ref.name))
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched(server, onnx_model):
+    rng = np.random.default_rng(0)
+    pairs = [tuple(rng.random((1, 1, SIDE, SIDE), dtype=np.float32) for _ in range(2)) for _ in range(CLIENTS)]
+    with Fuser(onnx_model, backend="ort-cpu") as local:
+        expected = [local.infer(a, b) for a, b in pairs]
+    before = model_counters(server["metrics_port"])
+    results: dict[int, list] = {}
+    start = threading.Barrier(CLIENTS)
+
+    def client(k: int) -> None:
+        with TritonFuser(server["url"]) as remote:
+            start.wait(timeout=60)
+            results[k] = [remote.infer(*pairs[k]) for _ in range(REQUESTS_EACH)]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(CLIENTS)), "a client failed or timed out"
+    for k, outputs in results.items():
+        for out in outputs:  # batched with other clients' pairs, the result is still this pair's
+            np.testing.assert_allclose(out, expected[k], atol=1e-4)
+    after = model_counters(server["metrics_port"])
+    requests = after["nv_inference_count"] - before["nv_inference_count"]
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+    assert requests == CLIENTS * REQUESTS_EACH
+    assert executions < requests, f"dynamic batching formed no batch ({executions:.0f} runs for {requests:.0f})"
+
+
+@pytest.mark.slow
+def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server):
+    import tritonclient.http as http
+
+    good = np.random.default_rng(1).random((1, 1, 32, 32), dtype=np.float32)
+    two_channels = np.concatenate([good, good], axis=1)
+    with TritonFuser(server["url"]) as remote:
+        # TritonFuser.infer sends what it is given: Triton checks dtypes and shapes, the
+        # runtime in the server checks the rest.
+        for mri, other, words in ((good.astype(np.int32), good.astype(np.int32), "expects 'FP32'"),
+                                  (two_channels, two_channels, "unexpected shape for input"),
+                                  (good, good[..., :24], "input shapes differ")):
+            with pytest.raises(ServerError, match=re.escape(words)) as caught:
+                remote.infer(mri, other)
+            assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value), caught.value
+        only_mri = http.InferInput("mri", list(good.shape), "FP32")
+        only_mri.set_data_from_numpy(good)
+        with pytest.raises(Exception) as caught:
+            remote.client.infer("cminet", [only_mri])
+        assert "missing required input(s) ['other']" in server_message(caught.value)
+        assert remote.infer(good, good).shape == good.shape  # still serving
+
+
+@pytest.mark.slow
+def test_unreachable_or_wrong_model_is_one_line(server, tmp_path):
+    closed = free_port()
+    sample = SAMPLES_DIR / "ct_mri/mri/34010.png", SAMPLES_DIR / "ct_mri/other/34010.png"
+    for args, words in (([f"http://127.0.0.1:{closed}"], "no Triton server answers"),
+                        ([server["url"], "--server-model", "cminet_trt"], "model 'cminet_trt' is not ready")):
+        result = CliRunner().invoke(main, ["fuse", "--server", args[0], *args[1:], *map(str, sample),
+                                           "-o", str(tmp_path / "x.png")])
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert result.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_one_line(server):
+    result = subprocess.run([str(SERVE_PYTHON), "-m", "cminet", "serve", "--port", str(server["port"])],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: --port {server['port']}: cannot listen on 127.0.0.1:{server['port']} " \
+                                    "(Address already in use)"
+
+
+@pytest.mark.slow
+def test_shutdown_closes_the_ports(server):
+    """Last in this file: stops the module's server the way Ctrl-C does."""
+    assert port_open(server["port"]) and port_open(server["metrics_port"])
+    assert stop_server(server["process"]) == 0, server["log"].read_text()[-3000:]
+    assert "server stopped" in server["log"].read_text()
+    assert not port_open(server["port"]) and not port_open(server["metrics_port"])
+
+
+def test_stub_finds_this_interpreters_libpython():
+    libdir = sysconfig.get_config_var("LIBDIR")
+    env = python_library_env({"LD_LIBRARY_PATH": f"/opt/x:{libdir}"})
+    assert env["LD_LIBRARY_PATH"] == f"{libdir}:/opt/x"  # first, and only once
+    assert python_library_env({})["LD_LIBRARY_PATH"] == libdir
+
+
+def test_server_urls():
+    assert split_url("http://127.0.0.1:8000") == ("127.0.0.1:8000", False)
+    assert split_url("localhost:9000") == ("localhost:9000", False)
+    assert split_url("https://triton.example") == ("triton.example:443", True)
+    with pytest.raises(ServerError, match="expected http://HOST:PORT"):
+        split_url("ftp://host")
