@@ -462,8 +462,9 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: st
 
 
 def _ds(value: float) -> str:
-    """A DICOM Decimal String (≤ 16 characters)."""
-    text = f"{value:.10g}"
+    """A DICOM Decimal String (≤ 16 characters), to 0.1 µm: NIfTI stores float32, whose
+    last digits (1.200000048 for 1.2) are noise."""
+    text = f"{round(float(value), 4):.10g}"
     return text if len(text) <= 16 else f"{value:.6g}"
 
 
