@@ -59,10 +59,11 @@ DICOM_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect"}  # DICOM Modality �
 CT_WINDOW = (-160.0, 240.0)  # HU: brain / soft tissue (level 40, width 400); bone stays white
 MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
 OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
-# Axial slices per network call when not given. ONNX Runtime on a CPU is quicker one slice at
-# a time: for the README's 256×256×150 volume, batch 1 took half the time and half the peak
-# RSS of batch 4 on the 2-core CPU (README "Volumes"). GPUs want batches (capped by an
-# engine's profile).
+# Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
+# the peak RSS of batch 1 for 256×256 slices (516 vs 257 MB for the README volume) and is not
+# reliably quicker: 19 % slower per slice on the idle 2-core CPU (README benchmark, 41.7 vs
+# 51.3 ms), 13 % quicker when other jobs share it (README "Volumes"). GPUs want batches
+# (capped by an engine's profile).
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 4
 
