@@ -62,8 +62,8 @@ OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is no
 # Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
 # the peak RSS of batch 1 for 256×256 slices (516 vs 257 MB for the README volume) and is not
 # reliably quicker: 19 % slower per slice on the idle 2-core CPU (README benchmark, 41.7 vs
-# 51.3 ms), 13 % quicker when other jobs share it (README "Volumes"). GPUs want batches
-# (capped by an engine's profile).
+# 51.3 ms), 13 % quicker when other jobs share it (README "Volumes"). Many-core hosts and
+# GPUs want batches (--batch-size; on a GPU capped by an engine's profile).
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 4
 
@@ -227,9 +227,8 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     seconds = time.perf_counter() - started
     data = nifti_order(pair.grid.from_display(fused))
     info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
-            "batch_size": batch_size,
-            "fuse_seconds": round(seconds, 3), "network_seconds": round(network_seconds, 3), "mri": mri.source,
-            "other": other.source}
+            "batch_size": batch_size, "fuse_seconds": round(seconds, 3),
+            "network_seconds": round(network_seconds, 3), "mri": mri.source, "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
                   modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
 
