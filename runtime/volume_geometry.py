@@ -17,6 +17,9 @@ from .volume_io import GeometryError, Volume, _need
 # right to left (radiological convention). This is how the 2-D training slices look, so
 # every slice reaches the network the way the network has seen slices before.
 DISPLAY_AXCODES = ("S", "P", "L")
+# Two grids' axes count as parallel (the fast resampling path) when treating them so moves no
+# point of the volume by more than this fraction of a voxel.
+PARALLEL_TOLERANCE_VOXELS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class Resampler:
         self._display = display_grid(volume)
         self._aligned_matrix = np.linalg.inv(self._display.affine) @ grid_affine
         off_diagonal = self._aligned_matrix[:3, :3] - np.diag(np.diag(self._aligned_matrix[:3, :3]))
-        self.separable = bool(np.abs(off_diagonal).max() * max(self.shape) < 1e-4)
+        self.separable = bool(np.abs(off_diagonal).max() * max(self.shape) < PARALLEL_TOLERANCE_VOXELS)
         self._planes = self._display.to_display(volume.data) if self.separable else None
 
     def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

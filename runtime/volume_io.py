@@ -31,7 +31,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 # Slice positions along the normal may differ from the median spacing by this fraction
 # (highdicom's default rtol for "regularly spaced").
 SPACING_RTOL = 0.01
-ORIENTATION_ATOL = 1e-4  # direction cosines equal to 4 decimals: one orientation
+ORIENTATION_ATOL = 1e-3  # direction cosines this close (≤ 0.06°): one orientation
 NIFTI_XFORM_SCANNER_ANAT = 1
 # What the NIfTI header and the DICOM series say about a fused volume.
 FUSED_DESCRIPTION = "cminet fused display image, not for quantitation"
@@ -210,7 +210,8 @@ def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume
     _check_series(named, folder, role)
     datasets = [ds for _, ds in named]
     try:
-        vol = hd.get_volume_from_series(datasets, dtype=np.float32, rtol=SPACING_RTOL)
+        vol = hd.get_volume_from_series(datasets, dtype=np.float32, rtol=SPACING_RTOL,
+                                        orientation_tol=ORIENTATION_ATOL)
     except Exception as exc:
         raise VolumeError(f"{role} {folder}: highdicom cannot assemble the series: {_first_line(exc)}") from None
     # highdicom: array (slice, row, column), affine from those indices to LPS, slices in
