@@ -259,7 +259,7 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
               help="Exported .onnx or .engine to serve; default: the runtime's default (the shipped FP32 ONNX).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]), help="Runtime backend.")
+              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]), help="Runtime backend.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
 @click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Largest batch Triton's dynamic batcher forms from concurrent requests of one size.")
@@ -269,9 +269,10 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
 @click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096), help="With --benchmark: H = W.")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --benchmark: measuring time per row.")
+@debug_option
 @friendly_errors
 def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max_batch_size, benchmark, size,
-          seconds) -> None:
+          seconds, debug) -> None:
     """Serve fusion with NVIDIA Triton Inference Server (through PyTriton; torch-free).
 
     \b
