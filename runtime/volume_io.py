@@ -172,17 +172,17 @@ def read_nifti(path: str | os.PathLike, role: str = "volume") -> Volume:
     data = data.reshape(shape[:3])
     if data.dtype == np.float64:
         data = data.astype(np.float32)  # scaled int16 comes back as float64: half the memory
-    return Volume(_finite(data), img.affine, source=str(path), xform_code=sform_code or qform_code)
+    return Volume(_finite(data, f"{role} {path}"), img.affine, source=str(path), xform_code=sform_code or qform_code)
 
 
-def _finite(data: np.ndarray) -> np.ndarray:
+def _finite(data: np.ndarray, where: str) -> np.ndarray:
     if data.dtype.kind != "f":
         return data
     finite = np.isfinite(data)
     if finite.all():
         return data
     if not finite.any():
-        raise VolumeError("every voxel is NaN or Inf")
+        raise VolumeError(f"{where}: every voxel is NaN or Inf")
     return np.where(finite, data, data[finite].min()).astype(data.dtype)
 
 

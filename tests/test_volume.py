@@ -523,6 +523,16 @@ def test_four_d_rgb_and_unplaced_niftis(tmp_path):
     assert int(nib.load(tmp_path / "unplaced.nii").header["sform_code"]) == 0
     with pytest.raises(GeometryError, match="qform_code = sform_code = 0"):
         load_volume(tmp_path / "unplaced.nii", "OTHER")
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((32, 32, 32), np.float32), np.eye(4)), good)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(VolumeError, match=r"truncated\.nii\.gz: cannot read the voxels .*truncated file\?") as caught:
+        load_volume(truncated, "MRI")
+    assert "\n" not in str(caught.value)
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), tmp_path / "nan.nii")
+    with pytest.raises(VolumeError, match=r"OTHER .*nan\.nii: every voxel is NaN or Inf"):
+        load_volume(tmp_path / "nan.nii", "OTHER")
 
 
 def test_dicom_stacks_with_gaps_uneven_or_repeated_slices(tmp_path):
