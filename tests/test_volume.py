@@ -13,23 +13,20 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import nibabel as nib  # the [volume] extra: a missing one should fail here, not skip
 import numpy as np
+import pydicom
 import pytest
 from click.testing import CliRunner
+from pydicom.data import get_testdata_file
 
-nib = pytest.importorskip("nibabel")
-pydicom = pytest.importorskip("pydicom")
-pytest.importorskip("highdicom")
-
-from pydicom.data import get_testdata_file  # noqa: E402
-
-from cminet.cli import main  # noqa: E402
-from cminet.runtime import Fuser  # noqa: E402
-from cminet.runtime.contract import FUSED_GREY_LEVELS, shipped_onnx  # noqa: E402
-from cminet.runtime.errors import CMINetError  # noqa: E402
-from cminet.runtime.imaging import rgb_to_ycbcr  # noqa: E402
-from cminet.runtime.palettes import apply_palette, palette_lut  # noqa: E402
-from cminet.runtime.volume import (  # noqa: E402
+from cminet.cli import main
+from cminet.runtime import Fuser
+from cminet.runtime.contract import FUSED_GREY_LEVELS, shipped_onnx
+from cminet.runtime.errors import CMINetError
+from cminet.runtime.imaging import rgb_to_ycbcr
+from cminet.runtime.palettes import apply_palette, palette_lut
+from cminet.runtime.volume import (
     CT_WINDOW,
     GeometryError,
     SlicePair,
@@ -42,9 +39,9 @@ from cminet.runtime.volume import (  # noqa: E402
     save_dicom_series,
     save_nifti,
 )
-from cminet.runtime.volume_geometry import DISPLAY_AXCODES, Resampler, display_grid  # noqa: E402
-from cminet.runtime.volume_io import LPS_TO_RAS, RGB24  # noqa: E402
-from cminet.runtime.volume_phantom import grid_affine, head_phantom  # noqa: E402
+from cminet.runtime.volume_geometry import DISPLAY_AXCODES, Resampler, display_grid
+from cminet.runtime.volume_io import LPS_TO_RAS, RGB24
+from cminet.runtime.volume_phantom import grid_affine, head_phantom
 
 DICOM_DIRS = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892003"
 SPHERE = np.array([14.0, -9.0, 7.0])  # world RAS mm, off every axis
@@ -650,6 +647,24 @@ def test_cli_runs_without_torch_and_writes_pngs_and_a_montage(tmp_path, model_pa
     sheet = cv2_read(tmp_path / "png" / "montage.png")
     assert sheet.ndim == 3 and sheet.shape[0] > 3 * 200  # three rows of panels and a header
     assert len(list((tmp_path / "png").glob("slice_*.png"))) == 20
+
+
+def test_without_the_volume_extra_the_error_says_what_to_install(tmp_path):
+    save_nifti(brain_mri((8, 8, 4), (4.0, 4.0, 4.0)), tmp_path / "mri.nii.gz")
+    code = (
+        "import sys\n"
+        "class Missing:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('nibabel', 'pydicom', 'highdicom'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Missing())\n"
+        "from cminet.cli import main\n"
+        f"main(['fuse-volume', {str(tmp_path / 'mri.nii.gz')!r}, {str(tmp_path / 'mri.nii.gz')!r}, '-o', "
+        f"{str(tmp_path / 'out.nii.gz')!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "error: volumes need nibabel: pip install 'cminet[volume]'"
 
 
 def test_montage_shows_the_three_planes(fuser):
