@@ -1,0 +1,325 @@
+"""Fuse co-registered scans: an MRI volume with a CT, PET or SPECT volume, NIfTI or DICOM.
+
+    from cminet.runtime.volume import fuse_volume, save_nifti
+    fused = fuse_volume("t1.nii.gz", "pet.nii.gz", modality="pet")  # a Volume on the MRI grid
+    save_nifti(fused, "fused.nii.gz")                                  # RGB24 NIfTI, MRI affine
+
+How, and why:
+
+1. Read both (:mod:`.volume_io`) and refuse what would give a wrong picture: no world
+   geometry, 4-D data, broken DICOM stacks, volumes that do not overlap in world space.
+2. Re-index the MRI grid in display order (:data:`.volume_geometry.DISPLAY_AXCODES`: axial
+   slices, anterior up, patient right on the left), which is how the 2-D training slices look.
+   Only axes are swapped and flipped, so the output goes back to the MRI's own voxel order
+   exactly and keeps the MRI's shape and affine.
+3. Windows are fixed over whole volumes, never per slice, so one tissue keeps one grey
+   (and one PET uptake one colour) through the stack: MRI by robust percentiles, CT by a
+   Hounsfield window, PET/SPECT by a fixed range in their own units, then a DICOM palette.
+4. Per batch of axial slices: OTHER is resampled onto those MRI slices (trilinear, through
+   both affines), windowed and coloured, and the pair goes through exactly the 2-D path:
+   :func:`.imaging.prepare_pair` → :meth:`Fuser.infer` → :func:`.imaging.finish_output`
+   (Y through the network, PET/SPECT Cb/Cr kept). Working memory is a few slices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .contract import AUTO, BACKENDS
+from .errors import CMINetError
+from .fuser import Fuser
+from .imaging import finish_output, prepare_pair, to_uint8, validate_image, write_image
+from .palettes import DEFAULT_COLORMAP, GRAY, apply_palette, check_colormap
+from .volume_geometry import DisplayGrid, Resampler, check_overlap, display_grid
+from .volume_io import (
+    MODALITY_NAMES,
+    GeometryError,
+    Volume,
+    VolumeError,
+    check_nifti_path,
+    check_output_folder,
+    load_volume,
+    nifti_order,
+    save_dicom_series,
+    save_nifti,
+)
+
+__all__ = ["Volume", "VolumeError", "GeometryError", "fuse_volume", "load_volume", "save_nifti",
+           "save_dicom_series", "save_png_slices", "montage", "check_nifti_path", "check_output_folder",
+           "MODALITIES", "CT_WINDOW"]
+
+MODALITIES = tuple(MODALITY_NAMES)  # ct, pet, spect
+DICOM_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect"}  # DICOM Modality → ours
+CT_WINDOW = (-160.0, 240.0)  # HU: brain / soft tissue (level 40, width 400); bone stays white
+MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
+OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
+# Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
+# the peak RSS of batch 1 for 256×256 slices (504 vs 251 MiB for the README volume) and is not
+# reliably quicker: 19 % slower per slice on the idle 2-core CPU (README benchmark, 41.7 vs
+# 51.3 ms), 13 % quicker when other jobs share it (README "Volumes"). Many-core hosts and
+# GPUs want batches (--batch-size; on a GPU capped by an engine's profile).
+CPU_BATCH_SIZE = 1
+GPU_BATCH_SIZE = 4
+
+
+def parse_window(window) -> tuple[float, float]:
+    """'-160,240' or (-160, 240) → (-160.0, 240.0): finite, low < high."""
+    text = window if isinstance(window, str) else ",".join(str(v) for v in window)
+    try:
+        low, high = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise CMINetError(f"window {window!r}: expected LOW,HIGH like -160,240") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise CMINetError(f"window {window!r}: need finite LOW < HIGH")
+    return low, high
+
+
+def percentile_window(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The volume's own robust range (a constant volume gets a 1-unit range)."""
+    low, high = (float(v) for v in np.percentile(data, percentiles))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def window_to_uint8(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = window
+    return to_uint8((np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(255.0 / (high - low)))
+
+
+def resolve_modality(modality: str | None, other: Volume) -> str:
+    """ct / pet / spect: as given, else from the DICOM Modality, else a one-line error."""
+    if modality is not None:
+        key = str(modality).strip().lower()
+        if key not in MODALITIES:
+            raise CMINetError(f"modality: expected one of {', '.join(MODALITIES)}, got {modality!r}")
+        return key
+    if other.modality in DICOM_MODALITIES:
+        return DICOM_MODALITIES[other.modality]
+    if other.modality:
+        raise CMINetError(f"OTHER {other.source}: DICOM Modality {other.modality} is not CT, PT or NM; "
+                          "say which it is with --modality ct|pet|spect")
+    raise CMINetError(f"OTHER {other.source}: the file does not say whether it is CT, PET or SPECT; "
+                      "pass --modality ct|pet|spect")
+
+
+def _as_volume(value, role: str) -> Volume:
+    volume = value if isinstance(value, Volume) else load_volume(value, role)
+    if volume.is_rgb:
+        raise VolumeError(f"{role} {volume.source}: an RGB volume; expected scalar values")
+    return volume
+
+
+class SlicePair:
+    """MRI and OTHER as display-ready uint8 slices on the MRI grid, in display order.
+
+    Holds the whole-volume windows, the MRI in display order (a view, no copy) and a
+    resampler for OTHER; slices are made on request, a batch at a time."""
+
+    def __init__(self, mri: Volume, other: Volume, modality: str, window=None, colormap: str = DEFAULT_COLORMAP,
+                 mri_window=None):
+        self.modality = modality
+        self.colormap = check_colormap(colormap) if modality != "ct" else GRAY
+        self.grid: DisplayGrid = display_grid(mri)
+        self.mri = self.grid.to_display(mri.data)
+        self.mri_window = parse_window(mri_window) if mri_window is not None else percentile_window(
+            mri.data, MRI_PERCENTILES)
+        if window is not None:
+            self.window = parse_window(window)
+        elif modality == "ct":
+            self.window = CT_WINDOW
+        else:
+            self.window = percentile_window(other.data, OTHER_PERCENTILES)
+        # Outside OTHER's scan: its lowest value, which every window above shows as black.
+        self.other = Resampler(other, self.grid.affine, fill=float(np.min(other.data)))
+
+        # prepare_pair (the 2-D path's pre-processing) works pixel by pixel on 8-bit values, so
+        # it is run once on all 256 values and its results looked up for every voxel: the same
+        # numbers, without converting a whole volume of RGB to YCbCr.
+        values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+        table = prepare_pair(values, apply_palette(values, self.colormap) if self.colour else values)
+        self._mri_table, self._other_table = table.mri.ravel(), table.other.ravel()
+        self._chroma_table = table.chroma.reshape(256, 2) if table.chroma is not None else None
+        validate_image(np.zeros(self.grid.shape[1:], dtype=np.uint8), f"MRI {mri.source} axial slice")
+
+    @property
+    def colour(self) -> bool:
+        return self.colormap != GRAY
+
+    def mri_slices(self, z0: int, z1: int) -> np.ndarray:
+        """uint8 N×H×W axial MRI slices z0..z1-1."""
+        return window_to_uint8(self.mri[z0:z1], self.mri_window)
+
+    def other_slices(self, z0: int, z1: int) -> np.ndarray:
+        """uint8 N×H×W windowed OTHER on the same slices (before any colour map)."""
+        _, height, width = self.grid.shape
+        return window_to_uint8(self.other.slab(z0, z1, height, width), self.window)
+
+    def other_at(self, z, row, column) -> np.ndarray:
+        """uint8 grey (CT, gray) or RGB (PET/SPECT) OTHER at display indices (broadcast)."""
+        values = window_to_uint8(self.other(z, row, column), self.window)
+        return apply_palette(values, self.colormap) if self.colour else values
+
+    def network_inputs(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """What prepare_pair gives for slices z0..z1-1, stacked: MRI and OTHER (its Y for
+        PET/SPECT) as float32 N×1×H×W in [0, 1], and the Cb/Cr to restore (or None)."""
+        # intp indices: numpy looks rows up ~10× faster with them than with uint8 ones
+        mri, other = self.mri_slices(z0, z1).astype(np.intp), self.other_slices(z0, z1).astype(np.intp)
+        chroma = np.take(self._chroma_table, other, axis=0) if self._chroma_table is not None else None
+        return np.take(self._mri_table, mri)[:, None], np.take(self._other_table, other)[:, None], chroma
+
+    def describe(self) -> dict:
+        return {"modality": self.modality, "mri_window": list(self.mri_window), "window": list(self.window),
+                "colormap": self.colormap}
+
+
+def _open_fuser(model, backend: str, precision: str, threads: int | None) -> tuple[Fuser, bool]:
+    """(fuser, whether we opened it and so must close it)."""
+    if isinstance(model, Fuser):
+        return model, False
+    return Fuser(model, backend=backend, precision=precision, threads=threads), True  # None: the shipped ONNX
+
+
+def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
+                colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
+                precision: str = "fp32", threads: int | None = None, progress: bool = False) -> Volume:
+    """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
+    on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
+    uint8 X×Y×Z×3 RGB for PET and SPECT.
+
+    Args:
+        mri, other: a NIfTI path, a DICOM series folder, or a :class:`Volume`.
+        model: ``.onnx`` / ``.engine`` path, or an open :class:`Fuser` (then ``backend``,
+            ``precision`` and ``threads`` are its own); None: ``Fuser()``'s default, the shipped
+            ONNX of ``precision`` (``fp32`` or ``fp16``).
+        modality: ``ct``, ``pet`` or ``spect``; None: from OTHER's DICOM Modality.
+        window: ``(low, high)`` or ``"low,high"`` in OTHER's units (HU for CT); None: CT
+            :data:`CT_WINDOW`, PET/SPECT the volume's 0.5–99.5 percentiles.
+        colormap: a DICOM palette (``HOT_IRON``, ``PET``, ``HOT_METAL_BLUE``, ``PET_20_STEP``)
+            or ``gray`` (PET/SPECT only).
+        batch_size: axial slices per network call; None: :data:`CPU_BATCH_SIZE` on a CPU
+            backend, :data:`GPU_BATCH_SIZE` on a GPU one (at most an engine profile's N).
+        progress: show a progress bar (stderr) per batch.
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise CMINetError(f"batch size: expected an integer ≥ 1, got {batch_size!r}")
+    colormap = check_colormap(colormap)
+    if window is not None:
+        parse_window(window)
+    mri, other = _as_volume(mri, "MRI"), _as_volume(other, "OTHER")
+    if mri.modality in DICOM_MODALITIES:
+        raise CMINetError(f"MRI {mri.source}: a {mri.modality} series, not MR; are MRI and OTHER swapped?")
+    modality = resolve_modality(modality, other)
+    coverage = check_overlap(mri, other)
+    pair = SlicePair(mri, other, modality, window, colormap)
+    fuser, owned = _open_fuser(model, backend, precision, threads)
+    started = time.perf_counter()
+    try:
+        batch_size = batch_size or _default_batch_size(fuser)
+        fused, network_seconds = _fuse_slices(pair, fuser, batch_size, progress)
+    finally:
+        if owned:
+            fuser.close()
+    seconds = time.perf_counter() - started
+    data = nifti_order(pair.grid.from_display(fused))
+    info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
+            "batch_size": batch_size, "fuse_seconds": round(seconds, 3),
+            "network_seconds": round(network_seconds, 3), "mri": mri.source, "other": other.source}
+    return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
+                  modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
+
+
+def _default_batch_size(fuser: Fuser) -> int:
+    backend = fuser.backend
+    on_gpu = backend.name in BACKENDS and BACKENDS[backend.name].gpu
+    profile_max = backend.profile.max[0] if backend.profile.max else GPU_BATCH_SIZE
+    return min(GPU_BATCH_SIZE, profile_max) if on_gpu else CPU_BATCH_SIZE
+
+
+def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool) -> tuple[np.ndarray, float]:
+    """Display-order fused volume (Z×H×W or Z×H×W×3 uint8), a batch of slices at a time, and
+    the seconds spent in the network."""
+    depth, height, width = pair.grid.shape
+    out = np.zeros((depth, height, width, 3) if pair.colour else (depth, height, width), dtype=np.uint8)
+    network = 0.0
+    with tqdm(total=depth, unit="slice", desc="fusing", disable=not progress, leave=False) as bar:
+        for z0 in range(0, depth, batch_size):
+            z1 = min(z0 + batch_size, depth)
+            mri, other, chroma = pair.network_inputs(z0, z1)
+            started = time.perf_counter()
+            fused = fuser.infer(mri, other)
+            network += time.perf_counter() - started
+            out[z0:z1] = finish_output(fused[:, 0], chroma)
+            bar.update(z1 - z0)
+    return out, network
+
+
+# -- looking at the result ----------------------------------------------------------------
+def save_png_slices(fused: Volume, folder: str | os.PathLike) -> list[Path]:
+    """Every axial slice of ``fused`` as ``folder/slice_###.png`` (000 = most inferior), in
+    display orientation (anterior up, patient right on the left)."""
+    grid = display_grid(fused)
+    slices = grid.to_display(fused.data)
+    folder = Path(folder)
+    paths = []
+    for z in range(slices.shape[0]):
+        path = folder / f"slice_{z:03d}.png"
+        write_image(path, np.ascontiguousarray(slices[z]))
+        paths.append(path)
+    return paths
+
+
+def montage(mri, other, fused: Volume, height: int = 256) -> np.ndarray:
+    """RGB uint8 sheet: rows axial / coronal / sagittal through the middle of the MRI grid,
+    columns MRI | OTHER (resampled onto the MRI grid, windowed and coloured as fused) | fused.
+    Panels are drawn at their physical aspect ratio (mm, not voxels)."""
+    import cv2
+
+    mri, other = _as_volume(mri, "MRI"), _as_volume(other, "OTHER")
+    info = fused.info
+    if not info.get("fused"):
+        raise CMINetError(f"{fused.source}: not a volume made by fuse_volume")
+    pair = SlicePair(mri, other, info["modality"], info["window"], info["colormap"], mri_window=info["mri_window"])
+    grid = pair.grid
+    depth, rows, columns = grid.shape
+    fused_display = grid.to_display(fused.data)
+    zmid, rmid, cmid = depth // 2, rows // 2, columns // 2
+    z, r, c = np.arange(depth), np.arange(rows), np.arange(columns)
+    dz, dr, dc = grid.spacing
+    # (name, MRI plane, OTHER plane, fused plane, mm per row, mm per column); superior up.
+    planes = [
+        ("axial", pair.mri[zmid], pair.other_at(zmid, r[:, None], c[None, :]), fused_display[zmid], dr, dc),
+        ("coronal", pair.mri[::-1, rmid, :], pair.other_at(z[::-1, None], rmid, c[None, :]),
+         fused_display[::-1, rmid, :], dz, dc),
+        ("sagittal", pair.mri[::-1, :, cmid], pair.other_at(z[::-1, None], r[None, :], cmid),
+         fused_display[::-1, :, cmid], dz, dr),
+    ]
+    rows_of_panels = []
+    for _, mri_plane, other_plane, fused_plane, mm_row, mm_column in planes:
+        width = max(1, round(height * (mri_plane.shape[1] * mm_column) / (mri_plane.shape[0] * mm_row)))
+        panels = [window_to_uint8(mri_plane, pair.mri_window), other_plane, fused_plane]
+        rows_of_panels.append([cv2.resize(_rgb(np.ascontiguousarray(p)), (width, height),
+                                          interpolation=cv2.INTER_LINEAR) for p in panels])
+    cell = max(row[0].shape[1] for row in rows_of_panels)  # every column as wide as the widest panel
+    sheet = [_header(["MRI", MODALITY_NAMES[info["modality"]], "fused"], cell, cv2)]
+    for row in rows_of_panels:
+        pad = cell - row[0].shape[1]
+        sheet.append(np.concatenate([np.pad(p, ((0, 0), (pad // 2, pad - pad // 2), (0, 0))) for p in row], axis=1))
+    return np.concatenate(sheet, axis=0)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
+def _header(labels: list[str], panel_width: int, cv2) -> np.ndarray:
+    strip = np.zeros((24, panel_width * len(labels), 3), dtype=np.uint8)
+    for n, text in enumerate(labels):
+        cv2.putText(strip, text, (n * panel_width + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return strip
+
