@@ -102,19 +102,15 @@ def check_sizes(sizes) -> list[tuple[int, int]]:
 def check_memory(chosen: list[tuple[str, str]], sizes: list[tuple[int, int]], batches: list[int]) -> None:
     """Refuse, before anything runs, a size and batch the machine cannot hold whole (the
     benchmark measures whole images; ``cminet fuse`` tiles larger ones)."""
-    budget = memory.budget_bytes()
-    if budget is None:
-        return
+    from cminet.runtime.tiling import SizePolicy
+
     for backend, precision in chosen:
+        policy = SizePolicy(backend, precision)
         for height, width in sizes:
             for n in batches:
-                need = memory.network_peak_bytes(n, height, width, backend, precision)
-                if need is not None and need > budget:
-                    largest = memory.largest_square(backend, precision, budget, n=n)
-                    raise SizeLimitError(
-                        f"{backend} {precision} at {n}×{height}×{width}: needs about {memory.human(need)}, "
-                        f"{memory.human(budget)} is available; the largest square that fits at batch {n} is "
-                        f"{largest}² (the benchmark runs whole images)")
+                if not policy.fits(n, height, width):
+                    raise SizeLimitError(f"--sizes/--batch {n}×{height}×{width}: {policy.explain(n, height, width)}"
+                                         "; the benchmark runs whole images")
 
 
 def select_backends(wanted: list[str] | None) -> list[tuple[str, str]]:

@@ -20,6 +20,8 @@ _LAZY = {
     "CMINetError": ".errors",
     "ImageError": ".errors",
     "ModelFileError": ".errors",
+    "OutputError": ".errors",
+    "SizeLimitError": ".errors",
 }
 
 __all__ = sorted(_LAZY)

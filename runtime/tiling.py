@@ -136,13 +136,21 @@ class SizePolicy:
         # was measured at 1.7× the estimate (one image per call stays below it).
         return need is None or self.budget is None or need * (2 if n > 1 else 1) <= self.budget
 
+    def largest_square(self, n: int = 1) -> int:
+        """The largest side of an N×side² call that :meth:`fits` (0: none)."""
+        budget = (self.budget or 0) // (2 if n > 1 else 1)
+        side = memory.largest_square(self.backend, self.precision, budget, self.shape, n=n)
+        return min(side, self.max_side) if self.max_side is not None else side
+
     def explain(self, n: int, height: int, width: int) -> str:
         if self.max_side is not None and max(height, width) > self.max_side:
             return f"larger than the model's profile allows ({self.max_side} px per side)"
-        largest = memory.largest_square(self.backend, self.precision, self.budget or 0, self.shape)
+        batch = f" at batch {n}" if n > 1 else ""
+        largest = self.largest_square(n)
+        fits = (f"the largest square it fuses whole here{batch} is {largest}²" if largest else
+                f"no image fits{batch}")
         return (f"{self.backend} {self.precision} needs about {memory.human(self.need(n, height, width) or 0)}, "
-                f"{memory.human(self.budget or 0)} is available (the largest square it fuses whole here is "
-                f"{largest}²)")
+                f"{memory.human(self.budget or 0)} is available ({fits})")
 
     def plan(self, height: int, width: int, tile="auto") -> TilePlan | None:
         """None: fuse whole; else the tiles. :class:`SizeLimitError` when neither fits."""

@@ -149,7 +149,8 @@ CLI_CASES = [
     Case("export-out-is-file", "cminet-export", "--out {a}/afile", 2, "is a file"),
     Case("export-cache-is-folder", "cminet-export", "--timing-cache {a}/adir --out {t}/exp", 2, "directory"),
     # -- cminet-bench ---------------------------------------------------------------------
-    Case("bench-size-huge", "cminet-bench", "--sizes 99999 --iters 1 --workdir {t}/w", 1, "largest square"),
+    Case("bench-size-huge", "cminet-bench", "--sizes 99999 --iters 1 --workdir {t}/w", 1,
+         "the largest square it fuses whole here is"),
     Case("bench-batch-huge", "cminet-bench", "--sizes 1024 --batch 4096 --iters 1 --workdir {t}/w", 1,
          "at batch 4096"),
     Case("bench-size-tiny", "cminet-bench", "--sizes 8 --workdir {t}/w", 2, "both sides ≥ 16"),
@@ -372,7 +373,7 @@ API_CASES = [
      "is a folder"),
     ("bench-sizes", _bench(sizes=[(8, 8)]), "sizes: expected"),
     ("bench-sizes-string", _bench(sizes="256"), "sizes: expected"),
-    ("bench-memory", _bench(sizes=[(99_999, 99_999)], backends=["ort-cpu"]), "largest square"),
+    ("bench-memory", _bench(sizes=[(99_999, 99_999)], backends=["ort-cpu"]), "the largest square it fuses"),
     ("bench-batches", _bench(batches=[0]), "batches: expected"),
     ("bench-backends", _bench(backends=["ort-gpu"]), "backends: unknown"),
     ("parse-size", lambda a: __import__("cminet.runtime.contract").runtime.contract.parse_size("0x0"), "size"),

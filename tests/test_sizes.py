@@ -156,5 +156,5 @@ def test_bench_refuses_a_size_that_cannot_fit_before_measuring_anything(tmp_path
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--sizes", "512", "--workdir", str(tmp_path / "w")],
                                 env={memory.LIMIT_VARIABLE: "200M"})
-    assert result.exit_code == 1 and "the largest square that fits at batch 1 is" in result.stderr
+    assert result.exit_code == 1 and "the largest square it fuses whole here is" in result.stderr
     assert list(tmp_path.iterdir()) == []
