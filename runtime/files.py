@@ -55,6 +55,8 @@ def output_kind(path: str | os.PathLike) -> str:
 def check_output(path: str | os.PathLike) -> Path:
     """Check an output path before any work is done: an acceptable kind (see the module
     doc), and for a file, a folder to create it in that is writable. Creates nothing."""
+    if not isinstance(path, str | os.PathLike):
+        raise OutputError(f"path: expected an output file path, got {type(path).__name__}")
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise OutputError(f"{str(path)!r}: not a file name")

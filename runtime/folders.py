@@ -51,6 +51,8 @@ class PairRef:
 def discover_pairs(root: str | Path) -> tuple[str, ...]:
     """Pair-type folders under ``root`` (those holding both ``mri/`` and ``other/``)."""
     root = Path(root)
+    if not root.is_dir():
+        raise CMINetError(f"{root}: no such folder")
     found = tuple(sorted(d.name for d in root.iterdir() if (d / "mri").is_dir() and (d / "other").is_dir()))
     if not found:
         raise CMINetError(f"{root}: no <pair>/mri/ + <pair>/other/ folders found")

@@ -64,6 +64,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with alpha, dropped). A PNG's structure (chunk lengths and CRCs, IHDR, IEND) is checked
     before it is decoded, and what the C decoders would print is caught and folded into
     the one-line error, so nothing but that line reaches the terminal."""
+    if not isinstance(path, str | os.PathLike):
+        raise ImageError(f"path: expected an image file path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
@@ -180,6 +182,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a uint8 grey or RGB image atomically (temp file + rename): a failure never
     leaves a partial file behind. No extension (``/dev/stdout``, a FIFO) means PNG."""
     path = check_image_output(path)
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size
+            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))):
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ImageError(f"image: expected uint8 H×W grey or H×W×3 RGB, got {got}")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     try:
         ok, encoded = cv2.imencode(path.suffix or ".png", bgr)

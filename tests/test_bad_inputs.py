@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from cminet.benchmarks.cli import main as bench_main
 from cminet.cli import main as cminet_main
 from cminet.export.cli import main as export_main
+from cminet.runtime import contract, folders, imaging
 from cminet.runtime.contract import shipped_onnx
 
 from . import badinput_assets
@@ -340,6 +341,12 @@ def _bench(**kwargs):
     return run
 
 
+def _fusion():
+    import cminet.fusion
+
+    return cminet.fusion
+
+
 GREY = np.zeros((64, 64), np.uint8)
 API_CASES = [
     ("Fuser-optimization", lambda a: _fuser(optimization="bogus"), "optimization: expected one of disable, basic"),
@@ -363,25 +370,33 @@ API_CASES = [
      "expected shape n×1×h×w"),
     ("infer-nan", lambda a: _fuser().infer(np.full((1, 1, 32, 32), np.nan, np.float32),
                                            np.zeros((1, 1, 32, 32), np.float32)), "nan or inf"),
-    ("read-folder", lambda a: __import__("cminet.runtime.imaging").runtime.imaging.read_image(a / "adir"),
+    ("read-folder", lambda a: imaging.read_image(a / "adir"),
      "not a regular file"),
-    ("read-bomb", lambda a: __import__("cminet.runtime.imaging").runtime.imaging.read_image(a / "huge.png"),
+    ("read-bomb", lambda a: imaging.read_image(a / "huge.png"),
      "needs about"),
-    ("write-extension", lambda a: __import__("cminet.runtime.imaging").runtime.imaging.write_image(
+    ("write-extension", lambda a: imaging.write_image(
         a / "x.xyz", GREY), "cannot write '.xyz'"),
-    ("write-folder", lambda a: __import__("cminet.runtime.imaging").runtime.imaging.write_image(a / "adir", GREY),
+    ("write-folder", lambda a: imaging.write_image(a / "adir", GREY),
      "is a folder"),
+    ("read-path-type", lambda a: imaging.read_image(42),
+     "path: expected"),
+    ("write-float-image", lambda a: imaging.write_image(
+        a / "never.png", GREY.astype(np.float32)), "image: expected uint8"),
+    ("write-path-type", lambda a: imaging.write_image(None, GREY),
+     "path: expected"),
+    ("discover-missing", lambda a: folders.discover_pairs(
+        a / "nowhere"), "no such folder"),
     ("bench-sizes", _bench(sizes=[(8, 8)]), "sizes: expected"),
     ("bench-sizes-string", _bench(sizes="256"), "sizes: expected"),
     ("bench-memory", _bench(sizes=[(99_999, 99_999)], backends=["ort-cpu"]), "the largest square it fuses"),
     ("bench-batches", _bench(batches=[0]), "batches: expected"),
     ("bench-backends", _bench(backends=["ort-gpu"]), "backends: unknown"),
-    ("parse-size", lambda a: __import__("cminet.runtime.contract").runtime.contract.parse_size("0x0"), "size"),
-    ("load-device", lambda a: __import__("cminet.fusion").fusion.load_pretrained(device="gpu"), "device: expected"),
-    ("load-path-type", lambda a: __import__("cminet.fusion").fusion.load_pretrained(path=3), "path: expected"),
-    ("fuse-arrays-model", lambda a: __import__("cminet.fusion").fusion.fuse_arrays("model", GREY, GREY),
+    ("parse-size", lambda a: contract.parse_size("0x0"), "size"),
+    ("load-device", lambda a: _fusion().load_pretrained(device="gpu"), "device: expected"),
+    ("load-path-type", lambda a: _fusion().load_pretrained(path=3), "path: expected"),
+    ("fuse-arrays-model", lambda a: _fusion().fuse_arrays("model", GREY, GREY),
      "model: expected a cminet"),
-    ("list-pairs-escape", lambda a: __import__("cminet.runtime.folders").runtime.folders.list_pairs(
+    ("list-pairs-escape", lambda a: folders.list_pairs(
         a / "data", ["../.."], "test"), "expected a folder name"),
 ]
 
