@@ -104,8 +104,11 @@ def test_an_engine_profile_limits_the_tile_side():
 
 
 def test_memory_model_bounds_a_measured_peak():
-    """The estimate for ort-cpu FP32 at 640² against the peak RSS of a fresh process (above
-    its RSS after loading): never below, and not wildly above."""
+    """The estimate for ort-cpu FP32 against the peak RSS of a fresh process (above its RSS
+    after loading) at 512² (the per-pixel term leads) and 896² (attention leads): never
+    below, at most 1.7× above (measured 1.51× and 1.03×)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
     code = ("import json, numpy as np\n"
             "from cminet.runtime.backends.base import open_backend\n"
             "from cminet.runtime.contract import shipped_onnx\n"
@@ -113,16 +116,16 @@ def test_memory_model_bounds_a_measured_peak():
             "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024\n"
             "b = open_backend('ort-cpu', shipped_onnx(), threads=2)\n"
             "x = np.zeros((1, 1, 32, 32), np.float32); b.run(x, x)\n"
-            "base = kb('VmRSS:')\n"
-            "x = np.random.default_rng(0).random((1, 1, 640, 640), dtype=np.float32); b.run(x, x)\n"
-            "print(json.dumps({'working': kb('VmHWM:') - base}))\n")
-    if not Path("/proc/self/status").exists():
-        pytest.skip("needs Linux /proc")
+            "base, working = kb('VmRSS:'), {}\n"
+            "for side in (512, 896):\n"
+            "    x = np.random.default_rng(0).random((1, 1, side, side), dtype=np.float32); b.run(x, x)\n"
+            "    working[side] = kb('VmHWM:') - base\n"
+            "print(json.dumps(working))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    measured = json.loads(proc.stdout)["working"]
-    estimate = memory.network_peak_bytes(1, 640, 640, "ort-cpu", "fp32")
-    assert measured <= estimate <= 2.5 * measured, (measured, estimate)
+    for side, measured in json.loads(proc.stdout).items():
+        estimate = memory.network_peak_bytes(1, int(side), int(side), "ort-cpu", "fp32")
+        assert measured <= estimate <= 1.7 * measured, (side, measured, estimate)
 
 
 def test_memory_limit_variable():
