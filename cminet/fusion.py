@@ -100,7 +100,7 @@ def _fuse(model: CMINet, mri: np.ndarray, other: np.ndarray, tile) -> tuple[np.n
             if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
                 raise
             raise SizeLimitError(f"out of {param.device.type.upper()} memory for a {a.shape[2]}×{a.shape[3]} "
-                                   "image; fuse it in smaller tiles (tile=512, cminet fuse --tile 512)") from None
+                                 "image; fuse it in smaller tiles (tile=512, cminet fuse --tile 512)") from None
 
     plan = size_policy(model).plan(*pair.mri.shape, tile)
     if plan is None:

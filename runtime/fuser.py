@@ -136,7 +136,8 @@ class Fuser:
         if 0 in mri.shape:
             raise ImageError(f"mri: empty input of shape {mri.shape}")
         self.backend.profile.check(mri.shape)
-        self.size_policy().check_whole(*mri.shape[:1], *mri.shape[2:])
+        n, _, height, width = mri.shape
+        self.size_policy().check_whole(n, height, width)
         if not (np.isfinite(mri).all() and np.isfinite(other).all()):
             raise ImageError("inputs contain NaN or Inf")
         dtype = self.backend.input_dtype
@@ -147,7 +148,7 @@ class Fuser:
             raise
         except MemoryError:
             raise SizeLimitError(f"{self.path}: out of memory for input {'×'.join(map(str, mri.shape))}; "
-                                   "fuse() tiles large images") from None
+                                 "fuse() tiles large images") from None
         except Exception as exc:  # ORT / TensorRT raise their own types for a graph that cannot run this input
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelFileError(f"{self.path}: {self.backend.name} failed on input "

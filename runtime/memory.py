@@ -172,7 +172,7 @@ def check_fits(nbytes: int, what: str) -> None:
     budget = budget_bytes()
     if budget is not None and nbytes > budget:
         raise SizeLimitError(f"{what}: needs about {human(nbytes)} of memory, {human(budget)} is available "
-                               f"for it on this machine")
+                              "for it on this machine")
 
 
 # Pre- and post-processing of one pair (uint8 inputs, YCbCr floats, network inputs, output,

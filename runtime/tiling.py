@@ -158,19 +158,19 @@ class SizePolicy:
         if tile == "off" or (tile == "auto" and self.fits(1, height, width)):
             if not self.fits(1, height, width):
                 raise SizeLimitError(f"{height}×{width} image: {self.explain(1, height, width)}; "
-                                       "fuse it in tiles instead (tile='auto'; cminet fuse --tile auto)")
+                                      "fuse it in tiles instead (tile='auto'; cminet fuse --tile auto)")
             return None
         if tile == "auto":
             tile = min(DEFAULT_MAX_TILE, self.max_side or DEFAULT_MAX_TILE)
             if tile < MIN_TILE:
                 raise SizeLimitError(f"{height}×{width} image: {self.explain(1, height, width)}, and tiles "
-                                       f"smaller than {MIN_TILE} px would fuse poorly")
+                                      f"smaller than {MIN_TILE} px would fuse poorly")
             while tile > MIN_TILE and not self.fits(1, tile, tile):
                 tile -= MIN_SIDE
         plan = plan_tiles(height, width, tile)
         if not self.fits(1, plan.tile_h, plan.tile_w):
             raise SizeLimitError(f"{plan.tile_h}×{plan.tile_w} tiles: "
-                                   f"{self.explain(1, plan.tile_h, plan.tile_w)}")
+                                  f"{self.explain(1, plan.tile_h, plan.tile_w)}")
         return plan
 
     def batch_for(self, plan: TilePlan) -> int:
