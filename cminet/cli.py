@@ -328,6 +328,8 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     from cminet.checkpoint import load_checkpoint
     from cminet.fusion import torch_device
     from cminet.losses import LossWeights
+    from cminet.runtime.errors import OutputError
+    from cminet.runtime.files import output_kind
     from cminet.runtime.folders import PAIR_TYPES, discover_pairs, list_pairs
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
@@ -353,6 +355,9 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
         load_checkpoint(init)
     if resume and not (Path(out) / "last.safetensors").is_file():
         raise CMINetError(f"{Path(out) / 'last.safetensors'}: nothing to resume from")
+    log = Path(out) / "log.csv"  # appended to with plain writes: a FIFO or device there would block or vanish
+    if output_kind(log) not in ("new", "file"):
+        raise OutputError(f"{log}: not a regular file; training appends its log there")
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from cminet.metrics import METRICS, evaluate
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.files import atomic_output, write_text_atomic
 from cminet.runtime.folders import Fuses, PairRef
 from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write_image
 
@@ -133,24 +134,31 @@ def comparison_sheet(images: dict, columns: list[str], path: Path, per_pair_type
     label_h = 24
     sheet = np.full((label_h + len(refs) * tile, len(columns) * tile, 3), 255, np.uint8)
     for j, name in enumerate(columns):
-        cv2.putText(sheet, name, (j * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(sheet, _label(name), (j * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     for i, ref in enumerate(refs):
         for j, name in enumerate(columns):
             img = images[ref][name]
             rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
             y = label_h + i * tile
             sheet[y : y + tile, j * tile : (j + 1) * tile] = cv2.resize(rgb, (tile, tile), interpolation=cv2.INTER_AREA)
-        cv2.putText(sheet, f"{ref.pair}/{ref.name}", (4, label_h + i * tile + tile - 6), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(sheet, _label(f"{ref.pair}/{ref.name}"), (4, label_h + i * tile + tile - 6),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
     write_image(path, sheet)
     return path
 
 
+def _label(text: str) -> str:
+    """Text OpenCV can draw: its Hershey fonts are ASCII, and a file name that is not valid
+    UTF-8 (a lone surrogate in Python) crashes ``cv2.putText``."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
 def write_outputs(out: Path, rows: list[dict], summary: dict, ranks: dict, meta: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "metrics.csv").open("w", newline="") as fh:
+    """metrics.csv, summary.json and summary.md in ``out``, each written atomically."""
+    with atomic_output(out / "metrics.csv") as tmp, tmp.open("w", newline="", errors="surrogateescape") as fh:
         writer = csv.DictWriter(fh, fieldnames=["pair", "name", "method", *METRICS])
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.json").write_text(json.dumps({**meta, "summary": summary, "ranks": ranks}, indent=2) + "\n")
-    (out / "summary.md").write_text(markdown(summary, ranks))
+    write_text_atomic(out / "summary.json", json.dumps({**meta, "summary": summary, "ranks": ranks}, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", markdown(summary, ranks))

@@ -204,4 +204,5 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+    """UTF-8; names that came from undecodable file-system bytes are written back as those bytes."""
+    write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))

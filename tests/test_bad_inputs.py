@@ -467,3 +467,18 @@ def test_torch_free_fuse_refuses_a_bad_image_in_one_line(assets, tmp_path, no_to
     assert proc.returncode == 1
     assert_one_line_error(proc.stderr, "truncated PNG")  # and no libpng / OpenCV warning before it
     assert not (tmp_path / "o.png").exists()
+
+
+def test_names_that_are_not_utf8_do_not_crash_opencv(assets, tmp_path):
+    """A method or file name with undecodable bytes (a lone surrogate in Python) segfaulted
+    OpenCV when drawn on the comparison sheet; a real process, since a crash would take the
+    test runner with it."""
+    import shutil
+
+    fused = tmp_path / "fused"
+    shutil.copytree(assets / "data" / "ct_mri" / "other", fused / "ct_mri")  # any images of the right size
+    argv = [sys.executable, "-m", "cminet.cli", "evaluate", "--data", str(assets / "data"), "--methods", "max",
+            os.fsencode("--fused"), os.fsencode(f"odd\udcffname={fused}"), "--out", str(tmp_path / "e")]
+    proc = subprocess.run(argv, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert (tmp_path / "e" / "comparison.png").is_file() and b"odd\xffname" in (tmp_path / "e/summary.md").read_bytes()
