@@ -38,7 +38,7 @@ from .contract import (
 )
 from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError
 from .imaging import finish_output, prepare_pair
-from .memory import NetworkShape
+from .memory import NetworkShape, check_fits
 from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
 
 DEFAULT_BATCH_LIMIT = 16  # pairs per run when the model has no profile limit
@@ -110,6 +110,7 @@ class Fuser:
             raise ModelFileError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
         if path.stat().st_size == 0:
             raise ModelFileError(f"{path}: empty file")
+        check_fits(path.stat().st_size, f"{path}: a model file of {path.stat().st_size:,} bytes")
         name = resolve_backend(model_kind(path), backend)
         self.path = path
         self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole

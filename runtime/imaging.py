@@ -25,7 +25,7 @@ import numpy as np
 from .contract import MIN_SIDE
 from .errors import ImageError, OutputError
 from .files import check_output, write_bytes_atomic
-from .memory import check_image_fits
+from .memory import check_fits, check_image_fits
 
 MIN_SIZE = MIN_SIDE  # the network's smallest side (kept for callers of the old name)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,6 +69,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    check_fits(path.stat().st_size, f"{path}: a file of {path.stat().st_size:,} bytes")  # before reading it all
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
