@@ -60,21 +60,13 @@ $(TYPESTUBS)/.installed: $(BIN)/.installed
 	touch $@
 
 ## gpu-check: on a machine with an NVIDIA GPU, the checks a CPU cannot make (see
-## benchmarks/gpu_check.py); writes benchmarks/results/<gpu>-<date>.json. Uses the machine's
-## own Python and packages (no venv, no install, no network): $(GPU_SITE) gets a cminet/
-## folder of symbolic links laid out as an install is (setup.cfg's package_dir: export/,
-## runtime/ and benchmarks/ import as cminet.export, cminet.runtime, cminet.benchmarks).
-## Exits 0 saying so where there is no GPU.
-## Override: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--quick
-GPU_SITE ?= $(or $(TMPDIR),/tmp)/cminet-gpu-site
+## benchmarks/gpu_check.py); writes benchmarks/results/<gpu>-<date>.json. Runs the checkout
+## as it is with the machine's own Python (no venv, no install, no network: cminet/__init__.py
+## maps export/, runtime/, benchmarks/ for an uninstalled checkout); exits 0 saying so where
+## there is no GPU. Override: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--quick
 gpu-check:
-	rm -rf $(GPU_SITE) && mkdir -p $(GPU_SITE)/cminet
-	ln -s $(CURDIR)/cminet/* $(GPU_SITE)/cminet/
-	for part in export runtime benchmarks; do ln -s $(CURDIR)/$$part $(GPU_SITE)/cminet/$$part; done
-	# Run from $(GPU_SITE): `python -m` puts the working folder first on sys.path, and the
-	# checkout's own cminet/ (without runtime/ ...) would shadow the linked one.
-	cd $(GPU_SITE) && PYTHONPATH="$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m cminet.benchmarks.gpu_check \
-		--out $(CURDIR)/benchmarks/results $(GPU_CHECK_ARGS)
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m cminet.benchmarks.gpu_check \
+		--out benchmarks/results $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) $(OUT) build *.egg-info

@@ -199,3 +199,19 @@ def test_torch_free_bench_reports_ort_latency_and_drift(tmp_path):
     assert fp32["latency_ms"]["p50"] > 0 and fp32["drift"]["max_abs"] <= TOLERANCES["fp32"].max_abs
     assert 0 < fp16["drift"]["max_abs"] <= TOLERANCES["fp16"].max_abs and fp16["drift"]["count"] == 3
     assert "achieved_gflops" not in fp32  # FLOPs are counted with torch
+
+
+def test_a_source_checkout_imports_the_runtime_and_nothing_else():
+    """Uninstalled (no site-packages, only the checkout on sys.path, as `make gpu-check` on
+    a bare GPU machine): cminet.runtime/export/benchmarks import from their folders,
+    without torch, and the repository root does not leak in as cminet.tests / cminet.cminet."""
+    code = ("import sys, importlib.util\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "import cminet.runtime, cminet.runtime.contract\n"
+            f"assert cminet.runtime.__file__ == {str(REPO / 'runtime' / '__init__.py')!r}, cminet.runtime.__file__\n"
+            "assert importlib.util.find_spec('cminet.benchmarks') and importlib.util.find_spec('cminet.export')\n"
+            "for leaked in ('cminet.tests', 'cminet.cminet'):\n"
+            "    assert importlib.util.find_spec(leaked) is None, leaked\n"
+            "assert 'torch' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
