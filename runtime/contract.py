@@ -13,7 +13,6 @@ and numpy, so a device application can read it without ONNX Runtime, TensorRT or
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from .errors import CMINetError
 # -- tensors ------------------------------------------------------------------------------
 INPUT_NAMES = ("mri", "other")
 OUTPUT_NAME = "fused"
-TENSOR_NAMES = (*INPUT_NAMES, OUTPUT_NAME)
 IO_RANK = 4  # N×1×H×W
 IO_CHANNELS = 1
 IO_DTYPES = ("float32", "float16")  # numpy names; ONNX "tensor(float)" / "tensor(float16)"
@@ -63,13 +61,6 @@ def shipped_onnx(precision: str = "fp32") -> Path:
     if precision not in SHIPPED_ONNX:
         raise ContractError(f"precision: expected one of {', '.join(SHIPPED_ONNX)}, got {precision!r}")
     return shipped_dir() / SHIPPED_ONNX[precision]
-
-
-def reference_path_for(model: str | Path) -> Path:
-    """Where the drift reference for ``model`` lives: beside it (what cminet-export writes),
-    else the shipped one."""
-    beside = Path(model).with_name(REFERENCE_FILE)
-    return beside if beside.is_file() else shipped_dir() / REFERENCE_FILE
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -224,9 +215,3 @@ class ShapeProfile:
             raise ContractError(f"input N×H×W {n}×{h}×{w} is outside the model's profile "
                                 f"{'×'.join(map(str, self.min))} … {top}")
 
-
-def finite_positive(name: str, value: float) -> float:
-    """For numeric options: a finite number > 0 or a one-line error naming the option."""
-    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ContractError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import BACKENDS, ShapeProfile, backend_spec
+from ..contract import ShapeProfile, backend_spec
 from ..errors import CMINetError
 
 
@@ -71,4 +71,4 @@ def open_backend(name: str, path: str | Path, **options) -> Backend:
     return cls(Path(path), name, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "ShapeProfile", "missing_requirement", "open_backend"]
+__all__ = ["Backend", "BackendUnavailable", "missing_requirement", "open_backend"]

@@ -22,10 +22,11 @@ from ..contract import (
     ORT_OPTIMIZATION_LEVELS,
     ORT_PROVIDERS,
     ContractError,
+    ShapeProfile,
     backend_spec,
 )
 from ..errors import ModelFileError
-from .base import Backend, BackendUnavailable, ShapeProfile
+from .base import Backend, BackendUnavailable
 from .tensorrt import DEFAULT_ENGINE_PROFILE
 
 UNBOUNDED = 2**31 - 1  # a dynamic dimension beside fixed ones
