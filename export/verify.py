@@ -89,11 +89,11 @@ def _rows(names, comparisons) -> list[dict]:
     return [{"sample": n, **c.as_dict()} for n, c in zip(names, comparisons, strict=True)]
 
 
-def check_parity(model: CMINet, path: Path, samples) -> Check:
-    """ONNX Runtime (FP32) against PyTorch on the same inputs, within the FP32 tolerance."""
+def check_parity(expected: list[np.ndarray], path: Path, samples) -> Check:
+    """ONNX Runtime (FP32) against the FP32 PyTorch outputs ``expected`` on the same inputs,
+    within the FP32 tolerance."""
     session = _session(path)
-    comparisons = [compare(ref, _run(session, a, b)) for ref, (_, a, b) in zip(torch_outputs(model, samples), samples,
-                                                                                 strict=True)]
+    comparisons = [compare(ref, _run(session, a, b)) for ref, (_, a, b) in zip(expected, samples, strict=True)]
     total, tolerance = worst(comparisons), TOLERANCES["fp32"]
     return Check("ONNX Runtime vs PyTorch", total.passed(tolerance),
                  f"max abs {total.max_abs:.2e} (≤ {tolerance.max_abs:g}), PSNR ≥ {total.psnr_db:.1f} dB "
@@ -102,11 +102,11 @@ def check_parity(model: CMINet, path: Path, samples) -> Check:
                   "min_psnr_db": total.psnr_db})
 
 
-def check_fp16(model: CMINet, fp16: Path, samples) -> Check:
-    """The FP16 graph against FP32 PyTorch: pixels and what FP16 does to the fusion metrics."""
+def check_fp16(expected: list[np.ndarray], fp16: Path, samples) -> Check:
+    """The FP16 graph against the FP32 PyTorch outputs ``expected``: pixels and what FP16
+    does to the fusion metrics."""
     session = _session(fp16)
-    comparisons = [compare(ref, _run(session, a, b), (a, b))
-                   for ref, (_, a, b) in zip(torch_outputs(model, samples), samples, strict=True)]
+    comparisons = [compare(ref, _run(session, a, b), (a, b)) for ref, (_, a, b) in zip(expected, samples, strict=True)]
     total, tolerance = worst(comparisons), TOLERANCES["fp16"]
     metric = total.metric_change
     return Check("FP16 vs FP32", total.passed(tolerance),
@@ -190,10 +190,11 @@ def check_tensorrt_ops(paths: list[Path]) -> Check:
 
 def verify_export(model: CMINet, fp32: Path, fp16: Path | None, io_dtype: str = "fp32") -> list[Check]:
     samples = sample_inputs()
-    checks = [check_onnx(fp32), check_parity(model, fp32, samples), check_io_dtypes(fp32, "float32")]
+    expected = torch_outputs(model, samples)  # the FP32 PyTorch reference, computed once for both comparisons
+    checks = [check_onnx(fp32), check_parity(expected, fp32, samples), check_io_dtypes(fp32, "float32")]
     if fp16 is not None:
         checks += [check_onnx(fp16), check_io_dtypes(fp16, "float32" if io_dtype == "fp32" else "float16"),
-                   check_fp16(model, fp16, samples), check_fp16_range(fp16, samples)]
+                   check_fp16(expected, fp16, samples), check_fp16_range(fp16, samples)]
     checks += [check_weights(model, fp32, fp16), check_tensorrt_ops([p for p in (fp32, fp16) if p is not None])]
     return checks
 
