@@ -220,3 +220,61 @@ def evaluate(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> dict[str, float]:
         "Qabf": qabf(a, b, f),
         "SSIM": fusion_ssim(a, b, f),
     }
+
+
+# --- Functional colour fidelity ---------------------------------------------------------
+#
+# The nine metrics above see only grey / Y. A PET or SPECT reader reads the colour scale, so
+# we also measure how far the fused RGB is from the functional source's RGB where the source
+# is coloured. Colour space: CIE 1976 L*a*b* from sRGB (IEC 61966-2-1 transfer function,
+# D65 white, the sRGB→XYZ matrix of IEC 61966-2-1) with the CIE 15:2004 (§8.2.1) Lab formula;
+# ΔE*ab (1976) is the Euclidean distance in Lab. OpenCV's ``cv2.COLOR_RGB2Lab`` on float
+# input computes the same (the tests check it).
+
+COLOUR_METRICS = ("ColourDE", "LightRatio")
+COLOURED_CHROMA = 20.0  # C*ab above which a functional pixel counts as coloured
+_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                         [0.2126729, 0.7151522, 0.0721750],
+                         [0.0193339, 0.1191920, 0.9503041]])
+_D65_WHITE = np.array([0.950456, 1.0, 1.088754])  # XYZ of the sRGB white, Y = 1
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (or 0–255 float) sRGB H×W×3 → CIE L*a*b* H×W×3 (L in 0–100), D65."""
+    c = _f64(rgb) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
+    eps, kappa = (6 / 29) ** 3, (29 / 6) ** 2 / 3
+    f = np.where(xyz > eps, np.cbrt(xyz), kappa * xyz + 4 / 29)
+    lightness = 116 * f[..., 1] - 16
+    return np.stack([lightness, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def coloured_mask(source_rgb: np.ndarray, min_chroma: float = COLOURED_CHROMA) -> np.ndarray:
+    """Pixels of a pseudo-colour image whose CIELAB chroma C*ab exceeds ``min_chroma``."""
+    lab = srgb_to_lab(source_rgb)
+    return np.hypot(lab[..., 1], lab[..., 2]) > min_chroma
+
+
+def colour_fidelity(source_rgb: np.ndarray, fused_rgb: np.ndarray,
+                    min_chroma: float = COLOURED_CHROMA) -> dict[str, float]:
+    """Functional colour fidelity of a fused image against its PET/SPECT source (both H×W×3
+    sRGB, 0–255), over the source's coloured pixels (C*ab > ``min_chroma``):
+
+    * ``ColourDE``: mean CIE 1976 ΔE*ab between fused and source (lower is better; 0 = the
+      colours read exactly as in the source; ~2.3 is a just-noticeable difference);
+    * ``LightRatio``: mean fused L* / mean source L* (1 = functional brightness kept;
+      0.7 = hot regions 30 % darker).
+
+    Both are NaN when the source has no coloured pixel (a grey CT, an empty slice)."""
+    source, fused = _f64(source_rgb), _f64(fused_rgb)
+    if source.shape != fused.shape or source.ndim != 3 or source.shape[2] != 3:
+        raise ValueError(f"colour fidelity needs two H×W×3 RGB images of one shape, got {source.shape}, {fused.shape}")
+    lab_s, lab_f = srgb_to_lab(source), srgb_to_lab(fused)
+    mask = np.hypot(lab_s[..., 1], lab_s[..., 2]) > min_chroma
+    if not mask.any():
+        return {"ColourDE": math.nan, "LightRatio": math.nan}
+    delta_e = np.linalg.norm(lab_f[mask] - lab_s[mask], axis=-1)
+    light_s = lab_s[mask, 0].mean()
+    return {"ColourDE": float(delta_e.mean()),
+            "LightRatio": float(lab_f[mask, 0].mean() / light_s) if light_s > 0 else math.nan}
