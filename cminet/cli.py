@@ -312,8 +312,15 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Loss weight of 2 − VIF(a, f) − VIF(b, f) (the evaluation's VIF, differentiable).")
 @click.option("--w-qabf", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
+@click.option("--w-colour", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of the functional brightness term (low-pass |f − PET/SPECT| over its colour).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Subject/scanner augmentation: MRI contrast, functional scale/blur/palette, noise.")
+@click.option("--shifted-val", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Transformed copies (palette, contrast, resolution) of each colour validation pair.")
 def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
-          reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf) -> None:
+          reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, w_colour, augment,
+          shifted_val) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -338,7 +345,7 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     if reset_head and not init:
         raise click.BadParameter("--reset-head needs --init (the weights whose features to keep)",
                                  param_hint="--reset-head")
-    weights = (w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf)
+    weights = (w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, w_colour)
     if not any(weights):
         raise click.UsageError("every loss weight (--w-*) is 0: nothing to train for")
     try:
@@ -361,7 +368,7 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
-                        loss=LossWeights(*weights))
+                        augment=augment, shifted_val=shifted_val, loss=LossWeights(*weights))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:
@@ -540,7 +547,10 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
-def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
+@click.option("--shifted", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also score N transformed copies of each PET/SPECT pair (another palette, MRI contrast, "
+                   "functional scale and resolution): subject and scanner change the data does not contain.")
+def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -> None:
     """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
     VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
 
@@ -582,13 +592,14 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit) -> None:
     for item in fused:
         name, _, folder = item.rpartition("=")
         contenders[name or Path(folder).name] = FolderMethod(folder)
-    rows, images, failures = run_evaluation(refs, contenders)
+    rows, images, failures = run_evaluation(refs, contenders, shifted=shifted)
     if not rows:
         raise click.ClickException("nothing was evaluated")
     summary = summarise(rows)
     ranks = rank(summary)
     out = Path(out)
-    write_outputs(out, rows, summary, ranks, {"data": str(data), "split": split, "weights": weights or "shipped"})
+    write_outputs(out, rows, summary, ranks, {"data": str(data), "split": split, "weights": weights or "shipped",
+                                              "shifted_copies": shifted})
     sheet = comparison_sheet(images, ["MRI", "other", *contenders], out / "comparison.png")
     click.echo(markdown(summary, ranks))
     click.echo(f"wrote {out}/metrics.csv, summary.json, summary.md" + (f", {sheet.name}" if sheet else ""))

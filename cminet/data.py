@@ -4,7 +4,12 @@
 out this way works, so users can train on their own co-registered pairs. Pair types are
 kept apart by always keying a sample on ``(pair, name)``: file names repeat across types.
 
-The network sees grey MRI and grey CT, or the BT.601 Y channel of PET/SPECT.
+The network sees grey MRI and grey CT, or the BT.601 Y channel of PET/SPECT. Each item also
+carries the functional source's colour mask (its coloured pixels, CIELAB chroma > 20; zero for
+CT), which the colour-fidelity loss term uses.
+
+Training crops go through :class:`cminet.augment.Augment` (subject and scanner change);
+validation can add transformed copies of its colour pairs (:func:`cminet.augment.shifted_copies`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from cminet.augment import Augment, shifted_copies
+from cminet.metrics import coloured_mask
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.folders import PairRef
 from cminet.runtime.imaging import prepare_pair, read_image
@@ -54,26 +61,38 @@ def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) 
     return train, val
 
 
-def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pair as float32 (MRI, other-Y) in [0, 1]. Raises ImageError naming the file."""
-    prepared = prepare_pair(read_image(ref.mri_path), read_image(ref.other_path))
-    return prepared.mri, prepared.other
+def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one pair as float32 (MRI, other-Y, colour mask) in [0, 1]: the mask is 1 on the
+    functional source's coloured pixels (all 0 for a grey CT). Raises ImageError naming the file."""
+    other = read_image(ref.other_path)
+    prepared = prepare_pair(read_image(ref.mri_path), other)
+    mask = coloured_mask(other) if other.ndim == 3 else np.zeros(other.shape[:2], bool)
+    return prepared.mri, prepared.other, mask.astype(np.float32)
 
 
 class FusionPairs(torch.utils.data.Dataset):
     """In-memory pairs. With ``crop`` set, each item is a random crop with a random flip and
-    90° rotation (training); without, each item is the whole pair (validation).
+    90° rotation (training), then ``augment`` if given; without, each item is the whole pair
+    (validation). ``shifted`` adds that many transformed copies of every colour pair
+    (validation that sees palette, contrast and resolution change; see :func:`shifted_copies`).
 
-    Items are ``(a, b)`` float32 tensors of shape 1×H×W in [0, 1]."""
+    Items are ``(a, b, mask)`` float32 tensors of shape 1×H×W in [0, 1]."""
 
-    def __init__(self, refs: list[PairRef], crop: int | None = None, seed: int = 0):
+    def __init__(self, refs: list[PairRef], crop: int | None = None, seed: int = 0,
+                 augment: Augment | None = None, shifted: int = 0):
         if not refs:
             raise CMINetError("no image pairs to load (check --data and --pairs)")
-        self.refs = refs
-        self.images = [np.stack(load_pair(ref)) for ref in refs]  # 2×H×W each
+        self.images = [np.stack(load_pair(ref)) for ref in refs]  # 3×H×W each: MRI, other, mask
+        self.refs = list(refs)
+        for i, (ref, image) in enumerate(zip(refs, list(self.images), strict=True)):
+            if shifted and image[2].any():
+                for copy in shifted_copies(*image, seed=seed * 100_003 + i, copies=shifted):
+                    self.images.append(np.stack(copy))
+                    self.refs.append(ref)
+        self.augment = augment
         self.crop = crop
         self.rng = np.random.default_rng(seed)
-        small = [r for r, im in zip(refs, self.images, strict=True) if crop and min(im.shape[1:]) < crop]
+        small = [r for r, im in zip(self.refs, self.images, strict=True) if crop and min(im.shape[1:]) < crop]
         if small:
             raise CMINetError(f"{small[0].mri_path}: smaller than the {crop}×{crop} training crop")
 
@@ -90,5 +109,7 @@ class FusionPairs(torch.utils.data.Dataset):
             if self.rng.random() < 0.5:
                 pair = pair[:, :, ::-1]
             pair = np.rot90(pair, k=int(self.rng.integers(0, 4)), axes=(1, 2))
+            if self.augment:
+                pair = np.stack(self.augment(*np.ascontiguousarray(pair), rng=self.rng))
         pair = torch.from_numpy(np.ascontiguousarray(pair))
-        return pair[0:1], pair[1:2]
+        return pair[0:1], pair[1:2], pair[2:3]

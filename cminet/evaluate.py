@@ -3,8 +3,13 @@ outputs) with the standard fusion metrics, per pair type.
 
 Metrics are computed on grey / Y images in 0–255: the MRI, the CT or PET/SPECT Y, and the
 Y of each method's fused output as written to disk (uint8), so every method is judged on
-the same footing. Writes ``metrics.csv`` (one row per image and method), ``summary.json``,
-``summary.md`` and ``comparison.png``.
+the same footing. For PET/SPECT pairs the functional colour fidelity
+(:func:`cminet.metrics.colour_fidelity`: CIELAB ΔE and lightness ratio over the source's
+coloured pixels) is reported beside the nine; it is NaN for CT. ``shifted`` adds
+transformed copies of every colour pair (another palette, MRI contrast, functional scale and
+resolution: :func:`cminet.augment.shifted_rgb_pair`), named ``<name>~<palette>``.
+Writes ``metrics.csv`` (one row per image and method), ``summary.json``, ``summary.md`` and
+``comparison.png``.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cminet.metrics import METRICS, evaluate
+from cminet.augment import shifted_rgb_pair
+from cminet.metrics import COLOUR_METRICS, METRICS, colour_fidelity, evaluate
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import atomic_output, write_text_atomic
 from cminet.runtime.folders import Fuses, PairRef
 from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write_image
 
 RANKED = ("MI", "VIF", "Qabf", "SF")  # the paper's four, higher is better
+REPORTED = (*METRICS, *COLOUR_METRICS)
 
 
 class FolderMethod:
@@ -44,31 +51,51 @@ def luma(image: np.ndarray) -> np.ndarray:
     return rgb_to_ycbcr(image)[..., 0] if image.ndim == 3 else image.astype(np.float64)
 
 
-def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod], progress: bool = True):
+def _variants(ref: PairRef, mri: np.ndarray, other: np.ndarray, shifted: int):
+    """(name, MRI, other) for the pair as read and, for a colour pair, its shifted copies."""
+    yield ref.name, mri, other
+    if other.ndim == 3 and shifted:
+        seed = sum(map(ord, f"{ref.pair}/{ref.name}"))  # stable across runs and machines
+        for k in range(shifted):
+            mri_k, other_k, palette = shifted_rgb_pair(mri, other, seed * 7919 + k)
+            yield f"{ref.name}~{palette}", mri_k, other_k
+
+
+def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod], progress: bool = True,
+                   shifted: int = 0):
     """Metrics for every pair and method. Returns (rows, fused images kept for the sheet,
-    failures)."""
+    failures). ``shifted``: transformed copies per colour pair, scored by the methods that
+    fuse (not by folders of precomputed outputs, which have no copies)."""
     rows, failures = [], []
     images: dict[PairRef, dict[str, np.ndarray]] = {}
     for ref in tqdm(refs, desc="evaluating", unit="pair", disable=not progress):
         try:
-            mri, other = read_image(ref.mri_path), read_image(ref.other_path)
-            pair = prepare_pair(mri, other)
+            mri0, other0 = read_image(ref.mri_path), read_image(ref.other_path)
+            prepare_pair(mri0, other0)
         except CMINetError as exc:
             failures.append((f"{ref.pair}/{ref.name}", str(exc)))
             continue
-        a, b = pair.mri * 255.0, pair.other * 255.0
-        images[ref] = {"MRI": mri, "other": other}
-        for name, method in methods.items():
-            try:
-                fused = method.fused_for(ref) if isinstance(method, FolderMethod) else method.fuse(mri, other)
-                f = luma(fused)
-                if f.shape != a.shape:
-                    raise CMINetError(f"fused image is {f.shape}, sources are {a.shape}")
-            except CMINetError as exc:
-                failures.append((f"{name}: {ref.pair}/{ref.name}", str(exc)))
-                continue
-            images[ref][name] = fused
-            rows.append({"pair": ref.pair, "name": ref.name, "method": name, **evaluate(a, b, f)})
+        images[ref] = {"MRI": mri0, "other": other0}
+        for name, mri, other in _variants(ref, mri0, other0, shifted):
+            pair = prepare_pair(mri, other)
+            a, b = pair.mri * 255.0, pair.other * 255.0
+            copy = name != ref.name
+            for method_name, method in methods.items():
+                if copy and isinstance(method, FolderMethod):
+                    continue
+                try:
+                    fused = method.fused_for(ref) if isinstance(method, FolderMethod) else method.fuse(mri, other)
+                    f = luma(fused)
+                    if f.shape != a.shape:
+                        raise CMINetError(f"fused image is {f.shape}, sources are {a.shape}")
+                except CMINetError as exc:
+                    failures.append((f"{method_name}: {ref.pair}/{name}", str(exc)))
+                    continue
+                if not copy:
+                    images[ref][method_name] = fused
+                colour = (colour_fidelity(other, fused) if other.ndim == 3 and fused.ndim == 3
+                          else dict.fromkeys(COLOUR_METRICS, float("nan")))
+                rows.append({"pair": ref.pair, "name": name, "method": method_name, **evaluate(a, b, f), **colour})
     return rows, images, failures
 
 
@@ -79,10 +106,12 @@ def summarise(rows: list[dict]) -> dict:
         groups[(r["pair"], r["method"])].append(r)
     summary: dict = defaultdict(dict)
     for (pair, method), rs in groups.items():
-        summary[pair][method] = {
-            m: {"mean": float(np.mean([r[m] for r in rs])), "std": float(np.std([r[m] for r in rs])), "n": len(rs)}
-            for m in METRICS
-        }
+        summary[pair][method] = {}
+        for m in REPORTED:
+            values = np.array([r[m] for r in rs], dtype=np.float64)
+            values = values[np.isfinite(values)]  # colour metrics are NaN for grey pairs
+            if len(values):
+                summary[pair][method][m] = {"mean": float(values.mean()), "std": float(values.std()), "n": len(values)}
     return dict(summary)
 
 
@@ -108,10 +137,12 @@ def markdown(summary: dict, ranks: dict) -> str:
     for pair in sorted(summary):
         methods = summary[pair]
         n = next(iter(methods.values()))["EN"]["n"]
-        lines += [f"### {pair} ({n} pairs, mean ± std; MI in nats)", "",
-                  "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        shown = [m for m in REPORTED if all(m in stats for stats in methods.values())]
+        lines += [f"### {pair} ({n} pairs, mean ± std; MI in nats"
+                  + ("; ColourDE: CIELAB ΔE to the PET/SPECT colours, lower is better" if "ColourDE" in shown else "")
+                  + ")", "", "| method | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
         for method, stats in methods.items():
-            cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in METRICS]
+            cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in shown]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"Ranks on {', '.join(RANKED)} (1 = best):", "",
                   "| method | " + " | ".join(RANKED) + " | mean rank |", "|---" * (len(RANKED) + 2) + "|"]
@@ -157,7 +188,7 @@ def _label(text: str) -> str:
 def write_outputs(out: Path, rows: list[dict], summary: dict, ranks: dict, meta: dict) -> None:
     """metrics.csv, summary.json and summary.md in ``out``, each written atomically."""
     with atomic_output(out / "metrics.csv") as tmp, tmp.open("w", newline="", errors="surrogateescape") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["pair", "name", "method", *METRICS])
+        writer = csv.DictWriter(fh, fieldnames=["pair", "name", "method", *REPORTED])
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(out / "summary.json", json.dumps({**meta, "summary": summary, "ranks": ranks}, indent=2) + "\n")

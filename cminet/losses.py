@@ -21,6 +21,13 @@
   edge-transfer metric (not in the paper; weight 0 by default): it keeps each source's
   edges at their own strength and orientation while L_VIF pulls towards the sources.
 
+* L_COLOUR = Σ m·|G_σ ∗ (f − b)| / Σ m, over the functional source's coloured pixels m (the
+  PET/SPECT colour mask; 0 for CT), G_σ a Gaussian low-pass (σ = 2 px; not in the paper;
+  weight 0 by default). The fused Y is shown with the source's chroma, so wherever f's local
+  mean brightness drifts from the functional image's, the colour scale reads wrong (yellow
+  turns olive, red dims): this term holds the functional image's local brightness in its
+  support and leaves the detail above σ free for the MRI's structure (a base/detail split).
+
 Default weights are the paper's: 10, 100, 1 (and 0 for L_INT, L_GRAD, L_VIF, L_QABF). Images
 are in [0, 1].
 """
@@ -196,6 +203,19 @@ class LossWeights:
     gradient: float = 0.0
     vif: float = 0.0
     qabf: float = 0.0
+    colour: float = 0.0
+
+
+COLOUR_SIGMA = 2.0  # px: L_COLOUR holds the functional brightness below this scale
+
+
+def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:
+    """L_COLOUR: mean |low-pass(f − b)| over the mask (0 where the mask is empty)."""
+    size = 2 * math.ceil(3 * sigma) + 1
+    g = gaussian_1d(size, sigma).to(f)
+    d = F.pad(f - b, (size // 2,) * 4, mode="reflect")
+    low = F.conv2d(F.conv2d(d, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    return (mask * low.abs()).sum() / mask.sum().clamp(min=1.0)
 
 
 class FusionLoss(torch.nn.Module):
@@ -205,7 +225,9 @@ class FusionLoss(torch.nn.Module):
         super().__init__()
         self.weights = weights or LossWeights()
 
-    def forward(self, f: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, f: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``mask``: the functional source's coloured pixels (N×1×H×W), for L_COLOUR."""
         l_ssim = 1.0 - ssim(f, torch.maximum(a, b))
         target_grad = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
         l_tex = (gradient_magnitude(f) - target_grad).abs().mean()
@@ -218,7 +240,8 @@ class FusionLoss(torch.nn.Module):
         total = (w.ssim * l_ssim + w.texture * l_tex + w.pixel * l_pix + w.intensity * l_int
                  + w.gradient * l_grad)
         terms = {"ssim": l_ssim.item(), "texture": l_tex.item(), "pixel": l_pix.item(), "intensity": l_int.item(),
-                 "gradient": l_grad.item(), "vif": float("nan"), "qabf": float("nan")}
+                 "gradient": l_grad.item(), "vif": float("nan"), "qabf": float("nan"),
+                 "colour": float("nan")}
         if w.vif:  # the most expensive term: computed only when it counts
             l_vif = 2.0 - crop_vif(a, f) - crop_vif(b, f)
             total = total + w.vif * l_vif
@@ -227,4 +250,8 @@ class FusionLoss(torch.nn.Module):
             l_qabf = 1.0 - pooled_qabf(a, b, f)
             total = total + w.qabf * l_qabf
             terms["qabf"] = l_qabf.item()
+        if w.colour and mask is not None:
+            l_colour = colour_base(f, b, mask)
+            total = total + w.colour * l_colour
+            terms["colour"] = l_colour.item()
         return total, terms

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from cminet.data import FusionPairs, split_validation
+from cminet.data import Augment, FusionPairs, split_validation
 from cminet.losses import FusionLoss, LossWeights
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
@@ -47,6 +47,8 @@ class TrainOptions:
     lr: float = 2e-4
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr × this over the run
     crop: int = 64
+    augment: bool = True  # subject/scanner augmentation (cminet.data.Augment)
+    shifted_val: int = 1  # transformed copies of each colour validation pair (cminet.data.shifted_copies)
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -59,8 +61,8 @@ class TrainOptions:
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
 
-# vif and qabf are nan when unweighted (not computed)
-TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient", "vif", "qabf")
+# vif, qabf and colour are nan when unweighted (not computed)
+TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient", "vif", "qabf", "colour")
 CSV_FIELDS = ["epoch", "lr", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "seconds",
               "world_size"]
 LR_SCALING = ("sqrt", "linear", "none")
@@ -144,10 +146,10 @@ def data_parallel(model: torch.nn.Module, dist: Distributed, device: torch.devic
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,
-               a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict]:
+               a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One optimisation step on a batch. Under DDP ``backward`` averages the gradients of
     all ranks, so the step equals one on all ranks' batches concatenated."""
-    loss, terms = criterion(model(a, b), a, b)
+    loss, terms = criterion(model(a, b), a, b, mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -179,8 +181,8 @@ def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, devic
     model.eval()
     sums = dict.fromkeys(TERMS, 0.0)
     for i in range(dist.rank, len(data), dist.world_size):
-        a, b = (t[None].to(device) for t in data[i])
-        loss, terms = criterion(model(a, b), a, b)
+        a, b, mask = (t[None].to(device) for t in data[i])
+        loss, terms = criterion(model(a, b), a, b, mask)
         sums["loss"] += loss.item()
         for k, v in terms.items():
             sums[k] += v
@@ -207,8 +209,9 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
 
     refs = list_pairs(opts.data, opts.pairs, "train")  # the test split is never read here
     train_refs, val_refs = split_validation(refs, opts.val_fraction, opts.seed)
-    train_set = FusionPairs(train_refs, crop=opts.crop, seed=opts.seed + dist.rank)
-    val_set = FusionPairs(val_refs)
+    train_set = FusionPairs(train_refs, crop=opts.crop, seed=opts.seed + dist.rank,
+                            augment=Augment() if opts.augment else None)
+    val_set = FusionPairs(val_refs, seed=opts.seed, shifted=opts.shifted_val)
     sampler = None
     if dist.enabled:  # each rank a disjoint shard, reshuffled every epoch by set_epoch
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
@@ -280,9 +283,9 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
             seen = 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batch", leave=False,
                        disable=not dist.is_main)
-            for a, b in bar:
-                a, b = a.to(device), b.to(device)
-                loss, terms = train_step(net, optimizer, criterion, a, b)
+            for a, b, mask in bar:
+                a, b, mask = a.to(device), b.to(device), mask.to(device)
+                loss, terms = train_step(net, optimizer, criterion, a, b, mask)
                 sums["loss"] += loss.item() * len(a)
                 for k, v in terms.items():
                     sums[k] += v * len(a)

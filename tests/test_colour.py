@@ -1,0 +1,168 @@
+"""Functional colour fidelity (metric), the colour loss term, and subject-shift augmentation."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cminet.augment import SHIFT, Augment, palettes, render_palette, shifted_rgb_pair
+from cminet.losses import FusionLoss, LossWeights, colour_base
+from cminet.metrics import COLOURED_CHROMA, colour_fidelity, coloured_mask, srgb_to_lab
+
+
+@pytest.mark.parametrize(("rgb", "lab"), [
+    ((255, 255, 255), (100.0, 0.0, 0.0)),
+    ((0, 0, 0), (0.0, 0.0, 0.0)),
+    ((255, 0, 0), (53.24, 80.09, 67.20)),  # published sRGB primaries in CIELAB (D65)
+    ((0, 255, 0), (87.73, -86.18, 83.18)),
+    ((0, 0, 255), (32.30, 79.19, -107.86)),
+    ((128, 128, 128), (53.59, 0.0, 0.0)),
+])
+def test_lab_of_known_colours(rgb, lab):
+    assert np.allclose(srgb_to_lab(np.array([[rgb]], np.uint8))[0, 0], lab, atol=0.02)
+
+
+def test_lab_agrees_with_opencv():
+    x = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    ours = srgb_to_lab(x)
+    theirs = cv2.cvtColor(x.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)  # OpenCV tabulates its curves
+    assert np.abs(ours - theirs).max() < 0.4
+
+
+def _pet_disc(size=64):
+    """A red-to-yellow uptake disc on black, inside a grey 'MRI-like' frame of no chroma."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    uptake = np.clip(1 - r / (size / 3), 0, 1)
+    image = render_palette(uptake, palettes()["HOT_IRON"])
+    image[:4] = 90  # grey band: no chroma, never counted
+    return image
+
+
+def test_identical_colours_score_zero_and_ratio_one():
+    pet = _pet_disc()
+    assert colour_fidelity(pet, pet) == {"ColourDE": 0.0, "LightRatio": 1.0}
+
+
+def test_darkened_uptake_is_measured_by_hand():
+    pet = _pet_disc()
+    dark = (pet * 0.6).astype(np.uint8)
+    mask = coloured_mask(pet)
+    lab_s, lab_d = srgb_to_lab(pet), srgb_to_lab(dark)
+    expected_de = np.linalg.norm(lab_d[mask] - lab_s[mask], axis=-1).mean()
+    result = colour_fidelity(pet, dark)
+    assert result["ColourDE"] == pytest.approx(expected_de)
+    assert result["LightRatio"] == pytest.approx(lab_d[mask, 0].mean() / lab_s[mask, 0].mean())
+    assert result["LightRatio"] < 0.8 and result["ColourDE"] > 10
+
+
+def test_only_coloured_pixels_count():
+    pet = _pet_disc()
+    changed = pet.copy()
+    changed[~coloured_mask(pet)] = 255  # repaint every uncoloured pixel (background, grey band)
+    assert colour_fidelity(pet, changed)["ColourDE"] == 0.0
+    changed[coloured_mask(pet)] //= 2
+    assert colour_fidelity(pet, changed)["ColourDE"] > 0
+
+
+def test_coloured_means_chroma_above_the_threshold():
+    greys = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 128, 255)])
+    assert not coloured_mask(greys).any()
+    # Pale tints just below / above C*ab = 20.
+    chroma = [np.hypot(*srgb_to_lab(np.array([[[200, 200 - d, 200 - d]]], np.uint8))[0, 0, 1:]) for d in range(60)]
+    below, above = max(d for d, c in enumerate(chroma) if c <= COLOURED_CHROMA), min(
+        d for d, c in enumerate(chroma) if c > COLOURED_CHROMA)
+    assert not coloured_mask(np.array([[[200, 200 - below, 200 - below]]], np.uint8)).any()
+    assert coloured_mask(np.array([[[200, 200 - above, 200 - above]]], np.uint8)).all()
+
+
+def test_grey_source_gives_nan_and_shapes_are_checked():
+    grey = np.full((8, 8, 3), 120, np.uint8)
+    assert all(math.isnan(v) for v in colour_fidelity(grey, grey).values())
+    with pytest.raises(ValueError, match="H×W×3"):
+        colour_fidelity(grey, grey[..., 0])
+
+
+# --- the loss term -----------------------------------------------------------------------
+
+def _t(x):
+    return torch.as_tensor(np.asarray(x, np.float32))[None, None]
+
+
+def test_colour_term_holds_local_brightness_and_leaves_detail_free():
+    b = _t(np.full((32, 32), 0.6))
+    mask = _t(np.ones((32, 32)))
+    assert colour_base(b, b, mask).item() == 0.0
+    shift = colour_base(b - 0.2, b, mask).item()
+    assert shift == pytest.approx(0.2, rel=1e-4)  # a darker base costs its full size
+    checker = (np.indices((32, 32)).sum(0) % 2) * 0.4 - 0.2  # ±0.2 detail, zero local mean
+    assert colour_base(b + _t(checker), b, mask).item() < 0.1 * shift
+
+
+def test_colour_term_counts_only_the_functional_support():
+    b = _t(np.full((32, 64), 0.5))
+    mask = _t(np.concatenate([np.ones((32, 32)), np.zeros((32, 32))], axis=1))
+    far = b.clone()
+    far[..., 48:] = 0.0  # change 16 px (> 3σ) away from the support
+    assert colour_base(far, b, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert colour_base(far, b, 1 - mask).item() > 0.2
+
+
+def test_colour_term_only_counts_when_weighted_and_given_a_mask():
+    a, b = _t(np.random.default_rng(0).random((24, 24))), _t(np.full((24, 24), 0.5))
+    f = (a + b) / 2
+    mask = torch.ones_like(b)
+    off, _ = FusionLoss(LossWeights())(f, a, b, mask)
+    on, terms = FusionLoss(LossWeights(colour=100.0))(f, a, b, mask)
+    assert on.item() == pytest.approx(off.item() + 100.0 * terms["colour"], rel=1e-5)
+    assert math.isnan(FusionLoss(LossWeights())(f, a, b, mask)[1]["colour"])
+    assert FusionLoss(LossWeights(colour=100.0))(f, a, b)[0].item() == pytest.approx(off.item(), rel=1e-6)
+
+
+# --- augmentation ------------------------------------------------------------------------
+
+def _pair(size=48):
+    rng = np.random.default_rng(1)
+    mri = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 2)
+    pet = _pet_disc(size)
+    from cminet.runtime.imaging import rgb_to_ycbcr
+
+    return mri, rgb_to_ycbcr(pet)[..., 0] / 255.0, coloured_mask(pet).astype(np.float32)
+
+
+def test_augment_keeps_range_shape_and_grey_stays_grey():
+    a, b, mask = _pair()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        for m in (mask, np.zeros_like(mask)):
+            a2, b2, m2 = Augment()(a, b, m, rng)
+            assert a2.shape == b2.shape == m2.shape == a.shape
+            assert a2.dtype == b2.dtype == m2.dtype == np.float32
+            assert 0 <= a2.min() and a2.max() <= 1 and 0 <= b2.min() and b2.max() <= 1
+            if not m.any():
+                assert not m2.any()  # a CT never becomes coloured
+
+
+def test_every_change_happens_and_nothing_changes_at_probability_zero():
+    a, b, mask = _pair()
+    none = Augment(p_invert=0, p_gamma=0, p_bias=0, p_scale=0, p_blur=0, p_palette=0, p_noise=0)
+    a2, b2, _ = none(a, b, mask, np.random.default_rng(0))
+    assert np.array_equal(a2, np.clip(a, 0, 1)) and np.allclose(b2, b)
+    inverted = Augment(p_invert=1, p_gamma=0, p_bias=0).mri(a, np.random.default_rng(0))
+    assert np.corrcoef(inverted[8:-8, 8:-8].ravel(), a[8:-8, 8:-8].ravel())[0, 1] < -0.5
+    _, recoloured, m3 = Augment(p_palette=1, p_scale=0, p_blur=0, p_noise=0)(a, b, mask, np.random.default_rng(3))
+    assert not np.allclose(recoloured, b) and m3.any()
+
+
+def test_shifted_pairs_are_repeatable_and_vary_the_palette():
+    pet = _pet_disc(48)
+    mri = (np.random.default_rng(2).random((48, 48)) * 255).astype(np.uint8)
+    first, second = shifted_rgb_pair(mri, pet, 5), shifted_rgb_pair(mri, pet, 5)
+    assert all(np.array_equal(x, y) for x, y in zip(first[:2], second[:2], strict=True)) and first[2] == second[2]
+    names = {shifted_rgb_pair(mri, pet, seed)[2] for seed in range(40)}
+    assert len(names) >= 5
+    assert first[1].dtype == np.uint8 and first[1].shape == pet.shape
+    assert (first[1][-4:, :4] == 0).all()  # far from any uptake stays black whatever the palette
+    assert SHIFT.p_palette == 1.0
