@@ -39,3 +39,21 @@ def test_rank_orders_by_mean_rank():
     # Higher is better: c wins VIF, Qabf and SF (rank 1) and is last on MI (rank 3).
     assert [ranks["ranks"][m]["mean_rank"] for m in "abc"] == [2.5, 2.0, 1.5]
     assert ranks["best"] == "c"
+
+
+def test_evaluate_reports_colour_fidelity_and_shifted_copies(tmp_path):
+    root = write_dataset(tmp_path / "data", n=4)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(root), "--split", "train", "--methods",
+                                       "max,laplacian", "--shifted", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    pet = [r for r in rows if r["pair"] == "pet_mri"]
+    ct = [r for r in rows if r["pair"] == "ct_mri"]
+    assert len(pet) == 2 * 3 * 3 and len(ct) == 2 * 3  # methods × train pairs × (pair + 2 copies); CT no copies
+    assert sum("~" in r["name"] for r in pet) == 2 * 3 * 2
+    assert all(float(r["ColourDE"]) >= 0 for r in pet) and all(r["ColourDE"] == "nan" for r in ct)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "ColourDE" in summary["summary"]["pet_mri"]["max"] and "ColourDE" not in summary["summary"]["ct_mri"]["max"]
+    assert summary["shifted_copies"] == 2
+    assert "ColourDE" in (out / "summary.md").read_text()
