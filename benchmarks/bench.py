@@ -61,6 +61,8 @@ def available_backends() -> list[tuple[str, str]]:
             found += [("torch-cuda", "fp32"), ("torch-cuda", "fp16")]
     providers = ort.get_available_providers()
     found += [("ort-cpu", p) for p in BACKENDS["ort-cpu"].precisions]
+    if missing_requirement("ov-cpu") is None:
+        found += [("ov-cpu", p) for p in BACKENDS["ov-cpu"].precisions]
     if "CUDAExecutionProvider" in providers:
         found += [("ort-cuda", p) for p in BACKENDS["ort-cuda"].precisions]
     if "TensorrtExecutionProvider" in providers:
@@ -308,7 +310,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         raise ContractError(f"backends: unknown {', '.join(map(str, unknown))} (choose from {', '.join(BACKENDS)})")
     # Sizes that cannot fit are refused before the (slow) probing of backends.
     candidates = [(b, p) for b in backends for p in BACKENDS[b].precisions] if backends else [
-        (b, p) for b, p in memory.COSTS if b.startswith("ort-") and missing_requirement(b) is None]
+        (b, p) for b, p in memory.COSTS if not b.startswith("torch-") and missing_requirement(b) is None]
     check_memory(candidates, sizes, list(batches))
     chosen = select_backends(list(backends) if backends else None)
     given = given_models(list(models))  # the user's files are checked before anything is printed
