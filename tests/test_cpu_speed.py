@@ -143,3 +143,98 @@ def test_auto_pin_and_no_openvino(fresh_choice, random_export, monkeypatch):
     monkeypatch.setattr(choice, "missing_requirement", lambda name: "openvino")
     assert choice.cpu_backend(random_export["fp32"], 2, measure=never) == "ort-cpu"
     assert not fresh_choice.exists()
+
+
+# -- FLOPs from the ONNX graph, the IFCNN reference, the goal --------------------------
+def test_onnx_flops_agree_with_pytorch_and_ifcnn_is_17_gflops(random_export, random_model, tmp_path):
+    from cminet.benchmarks.ifcnn import build_ifcnn
+    from cminet.benchmarks.onnx_cost import onnx_flops
+    from cminet.model import count_flops
+
+    for h, w, n in ((48, 48, 1), (40, 72, 2)):  # 40×72 pads to 48×80 inside the graph
+        assert onnx_flops(random_export["fp32"], h, w, batch=n) == count_flops(random_model, h, w, batch=n)
+    assert onnx_flops(random_export["fp16"], 48, 48) == count_flops(random_model, 48, 48)
+    ifcnn = build_ifcnn(tmp_path / "ifcnn.onnx")
+    assert onnx_flops(ifcnn, 256, 256) / 1e9 == pytest.approx(16.99, abs=0.01)  # the 17.0
+
+
+def _raw(cminet_ms, ifcnn_ms, rates):
+    return {"sizes": [{"height": 256, "width": 256, "sgemm_gflops": rates,
+                       "block_ms": {"ort-cpu before #17": [300.0] * len(rates), "ort-cpu": cminet_ms,
+                                    "ov-cpu": [200.0] * len(rates), "IFCNN ort-cpu": ifcnn_ms}}]}
+
+
+def test_goal_ratio_and_ifcnn_ratio_from_interleaved_blocks():
+    from cminet.benchmarks.versus_peak import summarise
+
+    flops = {(256, 256): {"cminet": 4_000_000_000, "ifcnn": 17_000_000_000}}
+    # sgemm 100 GFLOP/s: 2 × 4 GFLOP take 80 ms. cminet 60 ms: ratio 0.75, 2× faster than IFCNN's 120 ms.
+    (size,) = summarise(_raw([60.0, 58.0, 64.0], [120.0, 118.0, 125.0], [100.0, 90.0, 110.0]), flops)
+    rows = {r["method"]: r for r in size["rows"]}
+    assert size["fastest"] == "ort-cpu" and size["goal_ratio"] == pytest.approx(0.75)
+    assert size["goal_budget_ms"] == pytest.approx(80.0)
+    assert rows["ort-cpu"]["vs_ifcnn"] == pytest.approx(2.0) and rows["IFCNN ort-cpu"]["vs_ifcnn"] is None
+    assert rows["ort-cpu"]["effective_gflops"] == pytest.approx(4e9 / 60e6)
+    assert rows["ort-cpu"]["sgemm_share"] == pytest.approx(4e9 / 60e6 / 100)
+    assert rows["IFCNN ort-cpu"]["gflops"] == 17.0
+    # Block by block: each block's fastest cminet against that block's sgemm rate.
+    assert size["goal_ratio_blocks"] == pytest.approx([60 / 80, 58 / (8000 / 90), 64 / (8000 / 110)])
+    # "before" never counts as the fastest path, however fast.
+    (slow,) = summarise(_raw([300.0] * 3, [120.0] * 3, [100.0] * 3), flops)
+    assert slow["fastest"] == "ov-cpu" and slow["goal_ratio"] == pytest.approx(2.5)
+
+
+def test_goal_check_on_bench_rows():
+    from cminet.benchmarks.bench import goal_check
+
+    def row(backend, ms, size=256, batch=1):
+        return {"backend": backend, "precision": "fp32", "height": size, "width": size, "batch": batch,
+                "flops": 4e9 * batch, "latency_ms": {"p50": ms}}
+
+    rows = [row("ort-cpu", 100.0), row("ov-cpu", 70.0), row("torch-cpu", 10.0), row("ort-cuda", 1.0),
+            row("ort-cpu", 50.0, size=512), row("ort-cpu", 60.0, batch=4)]
+    goal = goal_check(rows, peak_gflops=100.0)
+    assert goal["backend"] == "ov-cpu" and goal["budget_ms"] == pytest.approx(80.0)
+    assert goal["ratio"] == pytest.approx(70 / 80) and goal["passed"]
+    assert not goal_check(rows[:1], 100.0)["passed"]
+    assert goal_check([row("ort-cpu", 50.0, size=512)], 100.0) is None
+
+
+def test_cli_prints_the_interleaved_table_and_the_goal(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cminet.benchmarks import cli
+    from cminet.benchmarks.versus_peak import summarise
+
+    flops = {(256, 256): {"cminet": 4_000_000_000, "ifcnn": 17_000_000_000}}
+    interleaved = {"threads": 2, "blocks": 3, "per_block": 2, "sgemm_n": 1024,
+                   "sizes": summarise(_raw([90.0, 95.0, 99.0], [120.0] * 3, [100.0] * 3), flops)}
+    row = {"backend": "ort-cpu", "precision": "fp32", "height": 256, "width": 256, "batch": 1,
+           "latency_ms": {"p50": 90.0, "p90": 95.0, "p99": 99.0, "mean": 92.0, "n": 3}, "throughput_ips": 11.0,
+           "peak_rss_mb": 110.0, "gpu_mem_mb": None, "cold_start_s": 0.5, "file_mb": 1.0, "drift": {},
+           "flops": 4e9, "achieved_gflops": 44.4, "peak_share": 0.444}
+    canned = {"machine": {"cpu": "Toy CPU", "cpu_cores": 2, "gpu": None, "matmul_peak_gflops": 100.0,
+                          "date": "2026-01-01T00:00:00Z"}, "models": {"fp32": "m.onnx"},
+              "results": [row], "skipped": [], "costs": [], "drift_reference": {}, "scaling": {},
+              "op_time_share": {"ort-cpu": {"Conv": 0.6, "Concat": 0.4}, "ov-cpu": {"Convolution": 1.0}},
+              "goal": {"backend": "ort-cpu", "precision": "fp32", "p50_ms": 90.0, "budget_ms": 80.0, "ratio": 1.125,
+                       "passed": False}}
+    monkeypatch.setattr(cli, "run_benchmark", lambda *a, **k: canned)
+    monkeypatch.setattr("cminet.benchmarks.versus_peak.run_versus_peak", lambda *a, **k: interleaved)
+    result = CliRunner().invoke(cli.main, ["--sizes", "256", "--batch", "1", "--interleaved", "--profile-ops"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "ratio 1.12 FAIL" in out and "44" in out  # the main table's goal line and %peak column
+    assert "Conv 60%" in out and "OpenVINO performance counters): Convolution 100%" in out
+    assert "Toy CPU" in out and "IFCNN ort-cpu" in out and "1.26×" in out  # 120 / 95 ms
+    assert "ratio 1.19 (blocks 1.12-1.24) FAIL" in out  # 95 ms against 80 ms
+
+
+def test_op_profiles_of_both_runtimes(random_export):
+    from cminet.benchmarks.op_profile import ort_op_breakdown, ov_op_breakdown
+
+    shares = ort_op_breakdown(random_export["fp32"], 32, 32, runs=2, threads=1)
+    assert sum(shares.values()) == pytest.approx(1.0) and any("Conv" in op for op in shares)
+    if missing_requirement("ov-cpu") is None:
+        shares = ov_op_breakdown(random_export["fp32"], 32, 32, runs=2, threads=1)
+        assert sum(shares.values()) == pytest.approx(1.0) and "Convolution" in shares
