@@ -238,3 +238,57 @@ def test_op_profiles_of_both_runtimes(random_export):
     if missing_requirement("ov-cpu") is None:
         shares = ov_op_breakdown(random_export["fp32"], 32, 32, runs=2, threads=1)
         assert sum(shares.values()) == pytest.approx(1.0) and "Convolution" in shares
+
+
+# -- INT8: only where the CPU has VNNI/AMX ------------------------------------------------
+def test_int8_gate_reads_the_cpu_flags():
+    from cminet.export.int8 import int8_support
+
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert int8_support({"avx2", flag}) == (True, f"this CPU has {flag}")
+    supported, why = int8_support({"avx2", "fma", "avx512f"})
+    assert not supported and "VNNI" in why and "slower than FP32" in why and "\n" not in why
+
+
+def test_export_refuses_int8_without_vnni_before_writing_anything(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cminet.export import int8
+    from cminet.export.cli import main as export_main
+
+    monkeypatch.setattr(int8, "cpu_flags", lambda: {"avx2", "fma"})  # this EPYC, whatever runs the test
+    result = CliRunner().invoke(export_main, ["--out", str(tmp_path / "out"), "--int8", "--calibration", "x"])
+    assert result.exit_code != 0 and "--int8: this CPU has no VNNI/AMX" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_int8_quantisation_calibrates_on_training_pairs_only(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from cminet.export.int8 import calibration_pairs, quantize_int8
+    from cminet.export.onnx_export import export_onnx
+    from cminet.model import CMINetConfig
+
+    from .helpers import non_max_rule_model, write_dataset
+
+    data = write_dataset(tmp_path / "data", n=4, size=32)
+    for pair in ("ct_mri", "pet_mri"):  # a test image read for calibration would now fail loudly
+        for name in (data / pair / "test.txt").read_text().split():
+            (data / pair / "mri" / name).write_bytes(b"not a png")
+    assert len(calibration_pairs(data, count=100)) == 6  # every training pair, no test pair
+    pairs = calibration_pairs(data, count=3)
+    assert len(pairs) == 3 and all(a.shape == (1, 1, 32, 32) for a, _ in pairs)
+    with pytest.raises(Exception, match="train.txt"):
+        calibration_pairs(tmp_path)
+    model = non_max_rule_model(0, CMINetConfig(channels=8, embed_dim=16, num_heads=2, growth=4))
+    fp32 = export_onnx(model, tmp_path / "tiny.onnx")
+    int8_path = quantize_int8(fp32, tmp_path / "tiny_int8.onnx", pairs)
+    ops = {n.op_type for n in onnx.load(str(int8_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    a, b = pairs[0]
+    feeds = {"mri": a, "other": b}
+    want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert 0 < np.abs(got - want).max() < 0.25  # quantised (not a copy), and still the same network
