@@ -128,12 +128,12 @@ ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime session settings every cminet session gets. Spinning off: idle intra-op
 # threads that busy-wait between ops steal the core the next op needs whenever another
 # process holds one; measured interleaved on a shared 2-core EPYC, spinning made the 256²
-# latency 1.2-1.6x slower and bimodal (README "CPU speed").
+# latency 1.2-1.8x slower and bimodal (README "CPU speed").
 ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 # OpenVINO CPU plugin settings for ov-cpu: one request at a time (latency); FP32 pinned (on
 # CPUs with AMX / AVX-512 BF16 the plugin's default is BF16, outside the FP32 tolerance);
 # threads not pinned to cores (pinned threads queue behind other processes on a shared
-# machine: 0.93-0.95x the pinned latency, measured interleaved on the 2-core EPYC).
+# machine: 0.92-0.95x the pinned latency, measured interleaved on the 2-core EPYC).
 OV_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
 # backend="auto" for an FP32 ONNX on a CPU: ov-cpu only where OpenVINO is installed and a
 # short interleaved measurement on this model and CPU (cached) finds it at most this
