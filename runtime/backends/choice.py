@@ -1,9 +1,10 @@
 """What ``backend="auto"`` runs an FP32 ONNX with on a CPU: ``ort-cpu`` or ``ov-cpu``.
 
-Neither is faster everywhere: on the 2-core EPYC this was written on, OpenVINO measured
-0.66-1.3x ONNX Runtime's latency depending on the run and on what else the machine was
-doing. So the rule is a measurement, not a preference: where OpenVINO is installed, the
-first ``auto`` open of a model on a machine times both backends on it, interleaved (A, B,
+Neither is faster everywhere: on one 2-core EPYC, OpenVINO took 0.66-1.3x ONNX Runtime's
+latency on a quiet machine (issue #17) and 1.03-1.72x while other processes shared it
+(README "CPU speed"), and a network without the attention gates runs faster on OpenVINO.
+So the rule is a measurement, not a preference: where OpenVINO is installed, the first
+``auto`` open of a model on a machine times both backends on it, interleaved (A, B,
 A, B ... so that load from other processes hits both alike), at 256², and picks ov-cpu only
 when its median latency is at most ``AUTO_CPU_SPEEDUP`` of ONNX Runtime's. The verdict is
 cached per model file (its sha256), CPU, thread count and library versions in
