@@ -292,3 +292,29 @@ def test_int8_quantisation_calibrates_on_training_pairs_only(tmp_path):
     got = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert got.shape == want.shape and np.isfinite(got).all()
     assert 0 < np.abs(got - want).max() < 0.25  # quantised (not a copy), and still the same network
+
+
+@pytest.mark.slow
+def test_export_int8_where_the_cpu_has_vnni(tmp_path, monkeypatch):
+    """The accepted path, with VNNI faked: INT8 ONNX written beside the others, its drift
+    against FP32 PyTorch in the report, calibrated on the training pairs."""
+    from click.testing import CliRunner
+
+    from cminet.export import int8
+    from cminet.export.cli import main as export_main
+
+    from .helpers import tiny_checkpoint, write_dataset
+
+    monkeypatch.setattr(int8, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    weights = tiny_checkpoint(tmp_path / "tiny.safetensors")
+    data = write_dataset(tmp_path / "data", n=3, size=32)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export_main, ["--weights", str(weights), "--out", str(out), "--int8",
+                                              "--calibration", str(data), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "export_report.json").read_text())["int8"]
+    assert (out / int8.INT8_FILE).is_file() and report["path"] == str(out / int8.INT8_FILE)
+    assert report["cpu"] == "this CPU has avx512_vnni" and report["calibration_pairs"] == 4
+    assert report["drift"]["count"] == 3 and report["drift"]["max_abs"] > 0
+    missing = CliRunner().invoke(export_main, ["--out", str(tmp_path / "o2"), "--int8"])
+    assert missing.exit_code == 2 and "--int8 needs --calibration" in missing.output
