@@ -140,6 +140,13 @@ def test_auto_pin_and_no_openvino(fresh_choice, random_export, monkeypatch):
     with pytest.raises(ContractError, match=choice.OVERRIDE_ENV):
         choice.cpu_backend(random_export["fp32"], 2, measure=never)
     monkeypatch.delenv(choice.OVERRIDE_ENV)
+
+    def broken(path, threads):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported\nsecond line")
+
+    if missing_requirement("ov-cpu") is None:
+        with pytest.warns(RuntimeWarning, match=r"ov-cpu could not be measured .* unsupported\); using ort-cpu"):
+            assert choice.cpu_backend(random_export["fp32"], 2, measure=broken) == "ort-cpu"
     monkeypatch.setattr(choice, "missing_requirement", lambda name: "openvino")
     assert choice.cpu_backend(random_export["fp32"], 2, measure=never) == "ort-cpu"
     assert not fresh_choice.exists()

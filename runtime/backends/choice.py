@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -121,6 +122,11 @@ def cpu_backend(path: str | os.PathLike, threads: int | None = None,
     try:
         latencies = measure(path, threads)
     except CMINetError:  # e.g. an FP16 model, which ov-cpu does not run: nothing to compare
+        return CANDIDATES[0]
+    except Exception as exc:  # OpenVINO failing on a model must not stop auto from fusing with ORT
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        warnings.warn(f"auto: ov-cpu could not be measured on {path} ({first}); using ort-cpu", RuntimeWarning,
+                      stacklevel=2)
         return CANDIDATES[0]
     choice = pick(latencies)
     known[key] = {"backend": choice, "latency_s": latencies, "size": PROBE_SIZE, "rounds": ROUNDS}
