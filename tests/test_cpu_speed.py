@@ -153,6 +153,7 @@ def test_auto_pin_and_no_openvino(fresh_choice, random_export, monkeypatch):
 
 
 # -- FLOPs from the ONNX graph, the IFCNN reference, the goal --------------------------
+@pytest.mark.slow  # ~12 s on the 2-core CI machine: onnxslim folds the graph once per size
 def test_onnx_flops_agree_with_pytorch_and_ifcnn_is_17_gflops(random_export, random_model, tmp_path):
     from cminet.benchmarks.ifcnn import build_ifcnn
     from cminet.benchmarks.onnx_cost import onnx_flops
