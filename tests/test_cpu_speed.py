@@ -4,6 +4,7 @@ interleaved latency-vs-sgemm comparison, and the INT8 export gate."""
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -127,7 +128,11 @@ def test_auto_really_measures_and_keeps_fp16_on_ort(fresh_choice, random_export)
     entry = next(iter(json.loads(fresh_choice.read_text()).values()))
     assert picked == entry["backend"] == choice.pick(entry["latency_s"])
     assert all(0 < t < 30 for t in entry["latency_s"].values())
-    assert choice.cpu_backend(random_export["fp16"], 2) == "ort-cpu"  # ov-cpu runs FP32 only
+    assert choice.cpu_backend(random_export["fp16"], 2) == "ort-cpu"  # ov-cpu runs FP32 only ...
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # measure=None would fail, and the fallback's warning raise
+        assert choice.cpu_backend(random_export["fp16"], 2, measure=None) == "ort-cpu"  # ... cached
+    assert len(json.loads(fresh_choice.read_text())) == 2
 
 
 def test_auto_pin_and_no_openvino(fresh_choice, random_export, monkeypatch):

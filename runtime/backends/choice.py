@@ -121,18 +121,18 @@ def cpu_backend(path: str | os.PathLike, threads: int | None = None,
         return known[key]["backend"]
     try:
         latencies = measure(path, threads)
-    except CMINetError:  # e.g. an FP16 model, which ov-cpu does not run: nothing to compare
-        return CANDIDATES[0]
+        verdict = {"backend": pick(latencies), "latency_s": latencies, "size": PROBE_SIZE, "rounds": ROUNDS}
+    except CMINetError as exc:  # e.g. an FP16 model, which ov-cpu does not run: nothing to compare
+        verdict = {"backend": CANDIDATES[0], "reason": str(exc)}
     except Exception as exc:  # OpenVINO failing on a model must not stop auto from fusing with ORT
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         warnings.warn(f"auto: ov-cpu could not be measured on {path} ({first}); using ort-cpu", RuntimeWarning,
                       stacklevel=2)
-        return CANDIDATES[0]
-    choice = pick(latencies)
-    known[key] = {"backend": choice, "latency_s": latencies, "size": PROBE_SIZE, "rounds": ROUNDS}
+        return CANDIDATES[0]  # not cached: a later OpenVINO may run it
+    known[key] = verdict
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cache, json.dumps(known, indent=1) + "\n")
     except OSError:
         pass  # a read-only home: measure again next time rather than fail the fuse
-    return choice
+    return verdict["backend"]
