@@ -128,7 +128,8 @@ ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # ONNX Runtime session settings every cminet session gets. Spinning off: idle intra-op
 # threads that busy-wait between ops steal the core the next op needs whenever another
 # process holds one; measured interleaved on a shared 2-core EPYC, spinning made the 256²
-# latency 1.2-1.8x slower (README "CPU speed").
+# latency 1.2-1.8x slower under load and bought 2-6 % (within the spread) when it was
+# quieter (README "CPU speed").
 ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 # OpenVINO CPU plugin settings for ov-cpu: one request at a time (latency); FP32 pinned (on
 # CPUs with AMX / AVX-512 BF16 the plugin's default is BF16, outside the FP32 tolerance);
