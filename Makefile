@@ -17,7 +17,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,triton,volume]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,triton,volume,openvino]"
 	touch $@
 
 # The serving environment the serve tests start `cminet serve` from: no torch, numpy < 2.

@@ -61,6 +61,8 @@ def available_backends() -> list[tuple[str, str]]:
             found += [("torch-cuda", "fp32"), ("torch-cuda", "fp16")]
     providers = ort.get_available_providers()
     found += [("ort-cpu", p) for p in BACKENDS["ort-cpu"].precisions]
+    if missing_requirement("ov-cpu") is None:
+        found += [("ov-cpu", p) for p in BACKENDS["ov-cpu"].precisions]
     if "CUDAExecutionProvider" in providers:
         found += [("ort-cuda", p) for p in BACKENDS["ort-cuda"].precisions]
     if "TensorrtExecutionProvider" in providers:
@@ -257,6 +259,33 @@ def run_worker(args: list[str], spec: dict, timeout: float) -> tuple[dict, float
     return json.loads(lines[-1][len("RESULT "):]), started
 
 
+def graph_flops(onnx_path: str, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """FLOPs per size (batch 1) counted from the ONNX graph; {} where onnx/onnxslim are missing."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxslim")):
+        return {}
+    from .onnx_cost import onnx_flops
+
+    return {(h, w): onnx_flops(onnx_path, h, w) for h, w in sizes}
+
+
+def goal_check(rows: list[dict], peak_gflops: float) -> dict | None:
+    """Issue #17's goal at 256², batch 1: the fastest CPU runtime backend's p50 against the
+    time this machine's sgemm (at its measured peak) needs for 2 × the model's FLOPs."""
+    from .versus_peak import GOAL_FLOP_FACTOR, GOAL_SIZE
+
+    candidates = [r for r in rows if (r["height"], r["width"]) == GOAL_SIZE and r["batch"] == 1 and r.get("flops")
+                  and not BACKENDS[r["backend"]].gpu and BACKENDS[r["backend"]].runtime]
+    if not candidates or not peak_gflops:
+        return None
+    best = min(candidates, key=lambda r: r["latency_ms"]["p50"])
+    budget_ms = GOAL_FLOP_FACTOR * best["flops"] / (peak_gflops * 1e6)
+    ratio = best["latency_ms"]["p50"] / budget_ms
+    return {"backend": best["backend"], "precision": best["precision"], "p50_ms": best["latency_ms"]["p50"],
+            "budget_ms": budget_ms, "ratio": ratio, "passed": ratio <= 1.0}
+
+
 def model_costs(weights: str | None, sizes: list[tuple[int, int]]) -> dict:
     """FLOPs and bytes per size, counted with PyTorch; {} on a torch-free install."""
     if weights is None or missing_requirement("torch-cpu"):
@@ -308,7 +337,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         raise ContractError(f"backends: unknown {', '.join(map(str, unknown))} (choose from {', '.join(BACKENDS)})")
     # Sizes that cannot fit are refused before the (slow) probing of backends.
     candidates = [(b, p) for b in backends for p in BACKENDS[b].precisions] if backends else [
-        (b, p) for b, p in memory.COSTS if b.startswith("ort-") and missing_requirement(b) is None]
+        (b, p) for b, p in memory.COSTS if not b.startswith("torch-") and missing_requirement(b) is None]
     check_memory(candidates, sizes, list(batches))
     chosen = select_backends(list(backends) if backends else None)
     given = given_models(list(models))  # the user's files are checked before anything is printed
@@ -318,6 +347,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
     progress("measuring the machine (matmul peak)")
     machine = describe()
     costs = model_costs(files.get("weights"), list(sizes))
+    flops = graph_flops(files["fp32"], list(sizes))  # the GFLOP/s column's numerator
     threads = threads or os.cpu_count()
     sample_root = shipped_dir().parent / "samples" / SAMPLE[0]
     rows: list[dict] = []
@@ -344,18 +374,26 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
             row.update(cold_start_s=cold["finished_at"] - spawned, file_mb=size_mb, model=model,
                        drift=measured["drift"], backend_info=measured["info"])
             if cost:
-                row.update(parameters=cost["parameters"], flops=cost["flops"] * row["batch"],
-                           achieved_gflops=cost["flops"] * row["batch"] / (row["latency_ms"]["p50"] * 1e6))
+                row.update(parameters=cost["parameters"])
+            count = flops.get((row["height"], row["width"])) or (cost or {}).get("flops")
+            if count:
+                achieved = count * row["batch"] / (row["latency_ms"]["p50"] * 1e6)
+                row.update(flops=count * row["batch"], achieved_gflops=achieved,
+                           peak_share=achieved / machine["matmul_peak_gflops"])
             rows.append(row)
     if not rows:
         raise CMINetError("no backend could be measured: " + "; ".join(skipped))
-    breakdown = {}
+    breakdown: dict[str, dict[str, float]] = {}
     if op_profile and "fp32" in files:
-        from .ort_profile import op_breakdown
+        from .op_profile import ort_op_breakdown, ov_op_breakdown
 
         h, w = sizes[0]
-        breakdown = op_breakdown(files["fp32"], h, w, threads=threads)
+        progress(f"profiling ops at {h}×{w}")
+        breakdown["ort-cpu"] = ort_op_breakdown(files["fp32"], h, w, threads=threads)
+        if missing_requirement("ov-cpu") is None:
+            breakdown["ov-cpu"] = ov_op_breakdown(files["fp32"], h, w, threads=threads)
     return {"machine": machine, "models": files, "drift_reference": drift_notes,
+            "goal": goal_check(rows, machine["matmul_peak_gflops"]),
             "costs": [{"height": h, "width": w, **c} for (h, w), c in costs.items()],
-            "results": rows, "scaling": scaling_report(rows), "ort_cpu_op_time_share": breakdown,
+            "results": rows, "scaling": scaling_report(rows), "op_time_share": breakdown,
             "skipped": skipped}

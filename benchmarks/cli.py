@@ -29,7 +29,7 @@ def _fmt(value, spec: str, width: int) -> str:
 
 def print_table(rows: list[dict]) -> None:
     head = (f"{'backend':<11}{'prec':<6}{'H×W':>10}{'N':>3} {'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'mean':>8}"
-            f"{'img/s':>8}{'GFLOP/s':>9}{'RSS MB':>8}{'GPU MB':>8}{'cold s':>7}{'file MB':>8}"
+            f"{'img/s':>8}{'GFLOP/s':>9}{'%peak':>6}{'RSS MB':>8}{'GPU MB':>8}{'cold s':>7}{'file MB':>8}"
             f"{'max|Δ|':>9}{'PSNR':>7}{'ΔMI':>8}{'ΔQabf':>8}")
     click.echo(head)
     click.echo("-" * len(head))
@@ -38,10 +38,45 @@ def print_table(rows: list[dict]) -> None:
         metric = d.get("metric_change") or {}
         click.echo(f"{r['backend']:<11}{r['precision']:<6}{r['height']:>5}×{r['width']:<4}{r['batch']:>3} "
                    f"{lat['p50']:>8.1f}{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['mean']:>8.1f}"
-                   f"{r['throughput_ips']:>8.1f}{_fmt(r.get('achieved_gflops'), '.1f', 9)}{r['peak_rss_mb']:>8.0f}"
+                   f"{r['throughput_ips']:>8.1f}{_fmt(r.get('achieved_gflops'), '.1f', 9)}"
+                   f"{_fmt(100 * r['peak_share'] if r.get('peak_share') else None, '.0f', 6)}{r['peak_rss_mb']:>8.0f}"
                    f"{_fmt(r.get('gpu_mem_mb'), '.0f', 8)}{_fmt(r.get('cold_start_s'), '.2f', 7)}{r['file_mb']:>8.2f}"
                    f"{_fmt(d.get('max_abs'), '.1e', 9)}{_fmt(d.get('psnr_db'), '.1f', 7)}"
                    f"{_fmt(metric.get('MI'), '+.4f', 8)}{_fmt(metric.get('Qabf'), '+.4f', 8)}")
+
+
+def print_goal(goal: dict | None) -> None:
+    if goal is None:
+        click.echo("goal (issue #17): needs a 256×256 batch-1 CPU runtime row and the FLOP count; not checked")
+        return
+    click.echo(f"goal (issue #17): fastest CPU runtime at 256², batch 1 = {goal['backend']} {goal['precision']} "
+               f"{goal['p50_ms']:.1f} ms; sgemm at the measured peak needs {goal['budget_ms']:.1f} ms for 2 × the "
+               f"model's FLOPs → ratio {goal['ratio']:.2f} {'PASS' if goal['passed'] else 'FAIL'} (≤ 1 passes)")
+
+
+def print_interleaved(result: dict, machine: dict) -> None:
+    """The interleaved latency-vs-sgemm-vs-IFCNN table (:mod:`cminet.benchmarks.versus_peak`)."""
+    click.echo(f"\nInterleaved in one process ({result['blocks']} blocks × {result['per_block']} runs per method, "
+               f"alternating order; {result['threads']} threads) on {machine['cpu']} ({machine['cpu_cores']} cores):")
+    head = (f"{'H×W':>10} {'method':<20}{'p50 ms':>8}{'blocks (min-max)':>19}{'GFLOP':>7}{'GFLOP/s':>9}"
+            f"{'%sgemm':>8}{'vs IFCNN':>9}")
+    click.echo(head)
+    click.echo("-" * len(head))
+    for size in result["sizes"]:
+        for r in size["rows"]:
+            vs = f"{r['vs_ifcnn']:.2f}×" if r["vs_ifcnn"] else "-"
+            click.echo(f"{size['height']:>5}×{size['width']:<4} {r['method']:<20}{r['p50_ms']:>8.1f}"
+                       f"{r['block_min_ms']:>10.1f}-{r['block_max_ms']:<8.1f}{r['gflops']:>7.2f}"
+                       f"{r['effective_gflops']:>9.1f}{100 * r['sgemm_share']:>7.0f}%{vs:>9}")
+        click.echo(f"{'':>11}sgemm {result['sgemm_n']}³ FP32 (numpy) between the blocks: {size['sgemm_gflops']:.0f} "
+                   f"GFLOP/s (blocks {size['sgemm_min_gflops']:.0f}-{size['sgemm_max_gflops']:.0f})")
+        if (size["height"], size["width"]) == (256, 256):
+            blocks = size["goal_ratio_blocks"]
+            fastest = next(r for r in size["rows"] if r["method"] == size["fastest"])
+            click.echo(f"{'':>11}goal: {size['fastest']} {fastest['p50_ms']:.1f} ms "
+                       f"vs sgemm time for 2 × {size['rows'][0]['gflops']:.2f} GFLOP {size['goal_budget_ms']:.1f} ms → "
+                       f"ratio {size['goal_ratio']:.2f} (blocks {min(blocks):.2f}-{max(blocks):.2f}) "
+                       f"{'PASS' if size['goal_ratio'] <= 1 else 'FAIL'}")
 
 
 def plot_latency(rows: list[dict], path: str) -> None:
@@ -109,12 +144,18 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a log-log latency-vs-size plot (PNG).")
 @click.option("--profile", "profiles", multiple=True,
               help="Roofline ESTIMATE for a device profile (repeatable; 'all' for every one; 'list' to list).")
-@click.option("--profile-ops", is_flag=True, help="Where ONNX Runtime CPU spends its time, by op type.")
+@click.option("--profile-ops", is_flag=True,
+              help="Where the CPU time goes, by op type (ONNX Runtime's profiler; OpenVINO's counters if installed).")
+@click.option("--interleaved", is_flag=True,
+              help="Also time ort-cpu (before/after issue #17), ov-cpu, IFCNN (a timing reference) and numpy sgemm "
+                   "interleaved in one process at each size: latency vs sgemm and IFCNN (needs cminet[train]).")
+@click.option("--blocks", default=6, show_default=True, type=click.IntRange(min=2),
+              help="--interleaved: alternating blocks per method (each one warm-up + --iters/--blocks timed runs).")
 @click.option("--no-drift", is_flag=True, help="Skip the drift check against FP32 PyTorch outputs.")
 @click.option("--workdir", default=".cminet-bench", show_default=True, type=click.Path(file_okay=False),
               help="Cache for models exported from --weights and built engines.")
 def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_path, record, plot, profiles,
-         profile_ops, no_drift, workdir) -> None:
+         profile_ops, interleaved, blocks, no_drift, workdir) -> None:
     """Measure CMINet on every backend present: latency p50/p90/p99, throughput, peak RSS,
     GPU memory, cold start, file size and drift against FP32 PyTorch. Works without torch
     (the shipped ONNX and reference outputs).
@@ -125,6 +166,7 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
       cminet-bench --model cminet_fp16.engine --backends tensorrt   # a device's own engine
       cminet-bench --sizes 64,128,256,512,1024 --batch 1 --plot scaling.png
       cminet-bench --profile orin-nano-8gb --profile rtx-3090   # adds roofline estimates
+      cminet-bench --sizes 256,512,1024 --batch 1 --interleaved --profile-ops   # CPU speed vs sgemm, IFCNN
     """
     all_profiles = load_profiles()
     if "list" in profiles:
@@ -151,6 +193,8 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
                                  param_hint="--backends")
     if weights or any(BACKENDS[b].runs == "weights" for b in wanted or []):
         require("torch", "cminet-bench --weights / --backends torch-*")
+    if interleaved:
+        require("onnxslim", "cminet-bench --interleaved (counts FLOPs from the ONNX graph)")
     if json_path:
         check_output(json_path)
     if plot:
@@ -167,19 +211,28 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
     print_table(report["results"])
     for message in report["skipped"]:
         click.echo(f"skipped: {message}", err=True)
-    if report["costs"]:
-        click.echo(f"\nGFLOP/s = FlopCounterMode FLOPs / p50; this machine's FP32 matmul peak is "
-                   f"{machine['matmul_peak_gflops']:.0f} GFLOP/s.")
+    if any(r.get("achieved_gflops") for r in report["results"]):
+        click.echo(f"\nGFLOP/s = FLOPs of Conv/MatMul counted from the ONNX graph at each size / p50; %peak = that / "
+                   f"this machine's FP32 matmul peak, {machine['matmul_peak_gflops']:.0f} GFLOP/s (numpy, this run).")
     else:
-        click.echo("\nGFLOP/s needs torch to count FLOPs (pip install 'cminet[train]'); left out.")
+        click.echo("\nGFLOP/s needs onnx + onnxslim (or torch) to count FLOPs (pip install 'cminet[train]'); left out.")
+    print_goal(report["goal"])
     for key, note in report["drift_reference"].items():
         click.echo(f"drift {key}: against {note}")
     for key, fit in report["scaling"].items():
         click.echo(f"scaling {key}: latency ∝ pixels^{fit['latency_exponent']:.2f}, "
                    f"RSS ∝ pixels^{fit['rss_exponent']:.2f}")
-    if report["ort_cpu_op_time_share"]:
-        top = ", ".join(f"{op} {share:.0%}" for op, share in list(report["ort_cpu_op_time_share"].items())[:6])
-        click.echo(f"ort-cpu fp32 time by op type (ORT profiler): {top}")
+    for backend, shares in report["op_time_share"].items():
+        source = "ONNX Runtime profiler" if backend.startswith("ort") else "OpenVINO performance counters"
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:8])
+        click.echo(f"{backend} fp32 time by op type ({source}): {top}")
+    if interleaved:
+        from .versus_peak import run_versus_peak
+
+        click.echo("• interleaved run (ort-cpu before/after, ov-cpu, IFCNN, sgemm) ...", err=True)
+        report["interleaved"] = run_versus_peak(report["models"]["fp32"], size_list, Path(workdir),
+                                                blocks=blocks, per_block=max(1, iters // blocks))
+        print_interleaved(report["interleaved"], machine)
     estimates = roofline_estimates(chosen_profiles, report["costs"])
     if chosen_profiles and not report["costs"]:
         click.echo("roofline estimates need the FLOP count, which needs torch; left out.", err=True)

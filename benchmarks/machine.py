@@ -42,7 +42,8 @@ def gpu_name() -> str | None:
 
 def versions() -> dict:
     found = {"python": platform.python_version()}
-    names = ("cminet", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "opencv-python-headless")
+    names = ("cminet", "numpy", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "onnx", "tensorrt",
+             "opencv-python-headless")
     for dist in names:
         try:
             found[dist] = metadata.version(dist)

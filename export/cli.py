@@ -51,12 +51,17 @@ def done(started: float, extra: str = "") -> None:
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file, reused across builds.")
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Simplify both graphs with onnxslim (fold constants, drop redundant Casts).")
+@click.option("--int8", is_flag=True,
+              help="Also write cminet_int8.onnx (static QDQ, calibrated on --calibration's training pairs), its drift "
+                   "in the report. Only on CPUs with VNNI/AMX: elsewhere INT8 is slower than FP32 and is refused.")
+@click.option("--calibration", type=click.Path(file_okay=False),
+              help="--int8: a dataset folder laid out like shared/data/harvard (<pair>/train.txt; train split only).")
 @click.option("--no-verify", is_flag=True, help="Skip the self-verification (not recommended).")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
               help="Also write a Triton model repository here: cminet_onnx (FP32 ONNX) and, where an engine "
                    "was built, cminet_trt; max_batch_size from --max-shape's N (needs cminet[triton]).")
 def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape, max_shape, workspace,
-         timing_cache, slim, no_verify, triton_dir) -> None:
+         timing_cache, slim, int8, calibration, no_verify, triton_dir) -> None:
     """Export CMINet for deployment and verify every file written.
 
     \b
@@ -86,11 +91,23 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
         from .triton import schema
 
         schema()
+    if int8:  # refused before anything is exported: on this CPU an INT8 model would be slower and worse
+        from .int8 import int8_support
+
+        supported, why = int8_support()
+        if not supported:
+            raise CMINetError(f"--int8: {why}")
+        if not calibration:
+            raise click.UsageError("--int8 needs --calibration DIR (training pairs for the INT8 ranges)")
     want_engine = engine_mode == "yes" or (engine_mode == "auto" and fp16)
     out = Path(out)
     names = [SHIPPED_ONNX["fp32"], REFERENCE_FILE, REPORT_FILE]
     names += [SHIPPED_ONNX["fp16"]] if fp16 or engine_mode == "yes" else []
     names += [ENGINE_FILE, f"{ENGINE_FILE}.json"] if want_engine else []
+    if int8:
+        from .int8 import INT8_FILE
+
+        names.append(INT8_FILE)
     for name in names:
         check_output(out / name)
     if timing_cache:
@@ -115,11 +132,31 @@ def main(weights, out, opset, fp16, io_dtype, engine_mode, min_shape, opt_shape,
         reference = write_reference(model, stage / REFERENCE_FILE, weights_sha256=weights_sha256)
         done(t, f" ({reference.stat().st_size / 1e6:.2f} MB)")
 
-        final = {path.name: out / path.name for path in (fp32_path, fp16_path, reference) if path is not None}
+        int8_path, int8_report = None, None
+        if int8:
+            from cminet.runtime.backends.base import open_backend
+            from cminet.runtime.compare import drift, load_reference
+
+            from .int8 import INT8_FILE, calibration_pairs, int8_support, quantize_int8
+
+            pairs = calibration_pairs(calibration)
+            t = step(f"quantising to INT8 (static QDQ, {len(pairs)} training pairs)")
+            int8_path = quantize_int8(fp32_path, stage / INT8_FILE, pairs)
+            backend = open_backend("ort-cpu", int8_path)
+            change = drift(backend.run, load_reference(reference))
+            backend.close()
+            done(t, f" ({int8_path.stat().st_size / 1e6:.2f} MB; against FP32 PyTorch: {change.summary()})")
+            int8_report = {"path": str(out / INT8_FILE), "cpu": int8_support()[1], "calibration": str(calibration),
+                           "calibration_pairs": len(pairs), "drift": change.as_dict()}
+
+        final = {path.name: out / path.name for path in (fp32_path, fp16_path, reference, int8_path)
+                 if path is not None}
         report: dict = {"weights": weights or "shipped", "weights_sha256": weights_sha256, "opset": opset,
                         "io_dtype": io_dtype, "slim": slim,
                         "files": {"fp32": str(final[fp32_path.name]),
                                   "fp16": str(final[fp16_path.name]) if fp16_path else None}}
+        if int8_report:
+            report["int8"] = int8_report
         failed = []
         if not no_verify:
             t = step("verifying")

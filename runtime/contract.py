@@ -112,6 +112,8 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
                 "ONNX Runtime, TensorRT execution provider"),
     BackendSpec("tensorrt", "engine", ("fp16",), ("tensorrt",), "pip install 'cminet[trt]' (JetPack 6 ships it)",
                 True, "cminet.runtime.backends.tensorrt:TensorRTBackend", "native TensorRT engine"),
+    BackendSpec("ov-cpu", "onnx", ("fp32",), ("openvino",), "pip install 'cminet[openvino]'", False,
+                "cminet.runtime.backends.openvino:OpenVINOBackend", "OpenVINO, CPU (the same FP32 ONNX)"),
     BackendSpec("torch-cpu", "weights", ("fp32",), ("torch",), "pip install 'cminet[train]'", False,
                 "cminet.torch_backend:TorchBackend", "PyTorch eager, CPU (the FP32 reference)"),
     BackendSpec("torch-cuda", "weights", ("fp32", "fp16"), ("torch",), "pip install 'cminet[train]'", True,
@@ -123,6 +125,21 @@ RUNTIME_BACKENDS = tuple(name for name, spec in BACKENDS.items() if spec.runtime
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
 ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# ONNX Runtime session settings every cminet session gets. Spinning off: idle intra-op
+# threads that busy-wait between ops steal the core the next op needs whenever another
+# process holds one; measured interleaved on a shared 2-core EPYC, spinning made the 256²
+# latency 1.2-1.8x slower under load and bought 2-6 % (within the spread) when it was
+# quieter (README "CPU speed").
+ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+# OpenVINO CPU plugin settings for ov-cpu: one request at a time (latency); FP32 pinned (on
+# CPUs with AMX / AVX-512 BF16 the plugin's default is BF16, outside the FP32 tolerance);
+# threads not pinned to cores (pinned threads queue behind other processes on a shared
+# machine: 0.92-0.95x the pinned latency, measured interleaved on the 2-core EPYC).
+OV_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+# backend="auto" for an FP32 ONNX on a CPU: ov-cpu only where OpenVINO is installed and a
+# short interleaved measurement on this model and CPU (cached) finds it at most this
+# fraction of ort-cpu's latency; ties stay with ONNX Runtime, the base install.
+AUTO_CPU_SPEEDUP = 0.9
 
 
 def backend_spec(name: str) -> BackendSpec:

@@ -53,9 +53,9 @@ def _whole(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def resolve_backend(kind: str, backend: str) -> str:
-    """The backend ``auto`` means for a model file of ``kind``, or a clear refusal when
-    ``backend`` cannot run that kind of file."""
+def resolve_backend(kind: str, backend: str, path: Path | None = None, threads: int | None = None) -> str:
+    """The backend ``auto`` means for a model file of ``kind`` (at ``path``), or a clear
+    refusal when ``backend`` cannot run that kind of file."""
     if backend == AUTO:
         if kind == "engine":
             return "tensorrt"
@@ -63,7 +63,12 @@ def resolve_backend(kind: str, backend: str) -> str:
             return "torch-cpu"
         from .backends.onnxruntime import best_onnx_backend
 
-        return best_onnx_backend()
+        best = best_onnx_backend()
+        if best == "ort-cpu" and path is not None:  # on a CPU: ONNX Runtime or OpenVINO, measured
+            from .backends.choice import cpu_backend
+
+            return cpu_backend(path, threads)
+        return best
     runs = BACKENDS[backend].runs
     if runs != kind:
         wanted = {"onnx": "a .onnx file", "engine": "a .engine file", "weights": "a .safetensors checkpoint"}[runs]
@@ -77,11 +82,13 @@ class Fuser:
     Args:
         path: ``.onnx`` (ONNX Runtime) or ``.engine`` (native TensorRT) file; default: the
             ONNX shipped with cminet in ``precision``.
-        backend: ``auto`` (engine → tensorrt; ONNX → ort-cuda if available, else ort-cpu)
-            or a name from :data:`cminet.runtime.contract.BACKENDS`.
+        backend: ``auto`` (engine → tensorrt; ONNX → ort-cuda if available, else ort-cpu,
+            or ov-cpu where OpenVINO is installed and measured faster on this model and
+            CPU: :mod:`cminet.runtime.backends.choice`) or a name from
+            :data:`cminet.runtime.contract.BACKENDS`.
         precision: ``fp32`` or ``fp16``: which shipped ONNX to load when ``path`` is None.
         device: CUDA device index.
-        threads: CPU threads for ONNX Runtime (default: all cores).
+        threads: CPU threads for ONNX Runtime / OpenVINO (default: all cores).
         optimization: ONNX Runtime graph optimisation level: disable, basic, extended, all.
 
     Bad arguments raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``)
@@ -111,7 +118,7 @@ class Fuser:
         if path.stat().st_size == 0:
             raise ModelFileError(f"{path}: empty file")
         check_fits(path.stat().st_size, f"{path}: a model file of {path.stat().st_size:,} bytes")
-        name = resolve_backend(model_kind(path), backend)
+        name = resolve_backend(model_kind(path), backend, path, threads)
         self.path = path
         self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
         self._backend = open_backend(name, path, device=device, threads=threads, optimization=optimization,

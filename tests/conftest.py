@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "harvard"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# backend="auto" on a CPU would time ort-cpu against ov-cpu once per model file (seconds each,
+# and the suite exports many); tests/test_cpu_speed.py tests that choice with this unset.
+os.environ.setdefault("CMINET_CPU_BACKEND", "ort-cpu")
 
 
 @pytest.fixture(scope="session")

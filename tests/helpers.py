@@ -71,20 +71,21 @@ def non_max_rule_model(seed: int = 0, config=None):
     return model
 
 
-# What `pip install .` does not bring: the [train] extra's packages.
+# What `pip install .` does not bring: the [train] extra's packages, and OpenVINO ([openvino]).
 TRAIN_ONLY_MODULES = ("torch", "safetensors", "onnx", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib")
+BASE_INSTALL_HIDES = (*TRAIN_ONLY_MODULES, "openvino")
 
 
 def torch_free_env(tmp_path: Path) -> dict:
     """Environment for a subprocess that behaves like the base install (`pip install .`):
-    a sitecustomize sets ``sys.modules[name] = None`` for torch and the rest of the [train]
-    extra (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
+    a sitecustomize sets ``sys.modules[name] = None`` for torch, the rest of the [train]
+    extra and openvino (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
     inherited by any child process."""
     import os
 
     site = tmp_path / "no_torch_site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {TRAIN_ONLY_MODULES!r}:\n"
+    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {BASE_INSTALL_HIDES!r}:\n"
                                            "    sys.modules[name] = None\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])

@@ -87,7 +87,7 @@ def test_cli_prints_the_table_and_estimates(tmp_path, monkeypatch):
                           "date": "2026-01-01T00:00:00Z"},
               "results": [row], "skipped": ["tensorrt fp16: worker failed: x"], "costs": [
                   {"height": 64, "width": 64, "flops": 10**9, "bytes_moved": 10**7, "parameters": 1}],
-              "drift_reference": {"ort-cpu/fp32": "ref.npz"}, "scaling": {}, "ort_cpu_op_time_share": {}}
+              "drift_reference": {"ort-cpu/fp32": "ref.npz"}, "scaling": {}, "op_time_share": {}, "goal": None}
     seen = {}
 
     def fake_run(*args, **kwargs):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import ShapeProfile, backend_spec
+from ..contract import MIN_SIDE, ShapeProfile, backend_spec
 from ..errors import CMINetError
 
 
@@ -52,6 +52,19 @@ class Backend:
         pass
 
 
+UNBOUNDED = 2**31 - 1  # a dynamic dimension beside fixed ones
+
+
+def profile_from_dims(dims) -> ShapeProfile:
+    """The N×H×W range an N×1×H×W input with these dimensions (ints where fixed, anything
+    else where dynamic) accepts: any, for cminet's dynamic export."""
+    n, _, h, w = (d if isinstance(d, int) and d > 0 else None for d in dims)
+    lo = (n or 1, h or MIN_SIDE, w or MIN_SIDE)
+    if n is None and h is None and w is None:
+        return ShapeProfile(lo)
+    return ShapeProfile(lo, (n or UNBOUNDED, h or UNBOUNDED, w or UNBOUNDED))
+
+
 def missing_requirement(name: str) -> str | None:
     """The first module backend ``name`` needs that is not installed, else None."""
     for module in backend_spec(name).requires:
@@ -71,4 +84,4 @@ def open_backend(name: str, path: str | Path, **options) -> Backend:
     return cls(Path(path), name, **options)
 
 
-__all__ = ["Backend", "BackendUnavailable", "missing_requirement", "open_backend"]
+__all__ = ["Backend", "BackendUnavailable", "missing_requirement", "open_backend", "profile_from_dims"]
