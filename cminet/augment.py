@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from cminet.metrics import coloured_mask
-from cminet.runtime.imaging import rgb_to_ycbcr
+from cminet.runtime.imaging import prepare_pair, rgb_to_ycbcr
 from cminet.runtime.palettes import DICOM_PALETTES, palette_lut
 
 __all__ = ["Augment", "palettes", "render_palette", "shifted_copies", "shifted_rgb_pair"]
@@ -75,7 +75,7 @@ class Augment:
             rgb = render_palette(b, palettes()[rng.choice(sorted(palettes()))])
             b, mask = rgb_to_ycbcr(rgb)[..., 0] / 255.0, coloured_mask(rgb)
         elif coloured:  # same palette: the colour follows the (blurred) uptake
-            mask = mask & (b > 0) if mask.dtype == bool else (mask > 0.5) & (b > 0)
+            mask = (mask > 0.5) & (b > 0)
         if rng.random() < self.p_noise:
             a = a + rng.normal(0, self.noise * rng.random(), a.shape)
             b = b + rng.normal(0, self.noise * rng.random(), b.shape)
@@ -117,8 +117,7 @@ def shifted_rgb_pair(mri: np.ndarray, other_rgb: np.ndarray, seed: int) -> tuple
     """A uint8 (MRI, functional RGB) pair as another subject/scanner might give it, and the
     palette used: for ``cminet evaluate --shifted``, where the colour metric needs RGB."""
     rng = np.random.default_rng(seed)
-    y = rgb_to_ycbcr(mri)[..., 0] if mri.ndim == 3 else mri.astype(np.float32)
-    a = SHIFT.mri(y / 255.0, rng)
-    b = SHIFT.functional(rgb_to_ycbcr(other_rgb)[..., 0] / 255.0, rng)
+    pair = prepare_pair(mri, other_rgb)
+    a, b = SHIFT.mri(pair.mri, rng), SHIFT.functional(pair.other, rng)
     name = str(rng.choice(sorted(palettes())))
     return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8), render_palette(b, palettes()[name]), name

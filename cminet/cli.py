@@ -313,7 +313,7 @@ def info(size: tuple[int, int], weights: str | None) -> None:
 @click.option("--w-qabf", default=0.0, show_default=True, type=NON_NEGATIVE,
               help="Loss weight of 1 − Qabf(a, b, f) (the evaluation's Qabf, differentiable).")
 @click.option("--w-colour", default=0.0, show_default=True, type=NON_NEGATIVE,
-              help="Loss weight of the functional brightness term (low-pass |f − PET/SPECT| over its colour).")
+              help="Loss weight of the functional brightness term (squared low-pass f − PET/SPECT over its colour).")
 @click.option("--colour-sigma", default=2.0, show_default=True, type=POSITIVE,
               help="Scale (Gaussian σ, px) above which the colour term holds the functional brightness.")
 @click.option("--augment/--no-augment", default=True, show_default=True,

@@ -71,15 +71,15 @@ def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod]
     for ref in tqdm(refs, desc="evaluating", unit="pair", disable=not progress):
         try:
             mri0, other0 = read_image(ref.mri_path), read_image(ref.other_path)
-            prepare_pair(mri0, other0)
+            as_read = prepare_pair(mri0, other0)
         except CMINetError as exc:
             failures.append((f"{ref.pair}/{ref.name}", str(exc)))
             continue
         images[ref] = {"MRI": mri0, "other": other0}
         for name, mri, other in _variants(ref, mri0, other0, shifted):
-            pair = prepare_pair(mri, other)
-            a, b = pair.mri * 255.0, pair.other * 255.0
             copy = name != ref.name
+            pair = prepare_pair(mri, other) if copy else as_read
+            a, b = pair.mri * 255.0, pair.other * 255.0
             for method_name, method in methods.items():
                 if copy and isinstance(method, FolderMethod):
                     continue

@@ -197,6 +197,9 @@ def pooled_qabf(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tens
     return num.sum() / den.sum().clamp(min=1e-6)
 
 
+COLOUR_SIGMA = 2.0  # px: L_COLOUR holds the functional brightness at scales above this
+
+
 @dataclass
 class LossWeights:
     ssim: float = 10.0
@@ -207,15 +210,13 @@ class LossWeights:
     vif: float = 0.0
     qabf: float = 0.0
     colour: float = 0.0
-    colour_sigma: float = 2.0  # px: L_COLOUR holds the functional brightness at scales above this
+    colour_sigma: float = COLOUR_SIGMA
 
 
-def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:
     """L_COLOUR: mean squared low-pass(f − b) over the mask (0 where the mask is empty)."""
     size = 2 * math.ceil(3 * sigma) + 1
-    g = gaussian_1d(size, sigma).to(f)
-    d = F.pad(f - b, (size // 2,) * 4, mode="reflect")
-    low = F.conv2d(F.conv2d(d, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    low = _blur_valid(F.pad(f - b, (size // 2,) * 4, mode="reflect"), gaussian_1d(size, sigma))
     return (mask * low.square()).sum() / mask.sum().clamp(min=1.0)
 
 

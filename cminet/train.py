@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cminet.augment import Augment
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from cminet.data import Augment, FusionPairs, split_validation
+from cminet.data import FusionPairs, split_validation
 from cminet.losses import FusionLoss, LossWeights
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
@@ -47,8 +48,8 @@ class TrainOptions:
     lr: float = 2e-4
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr × this over the run
     crop: int = 64
-    augment: bool = True  # subject/scanner augmentation (cminet.data.Augment)
-    shifted_val: int = 1  # transformed copies of each colour validation pair (cminet.data.shifted_copies)
+    augment: bool = True  # subject/scanner augmentation (cminet.augment.Augment)
+    shifted_val: int = 1  # transformed copies of each colour validation pair (cminet.augment.shifted_copies)
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
