@@ -13,14 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cminet.runtime.cpuinfo import cpuinfo_field
+
 
 def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    match = re.search(r"model name\s*:\s*(.+)", text)
-    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def memory_gb() -> float | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cminet.runtime.contract import INPUT_NAMES
+from cminet.runtime.cpuinfo import cpuinfo_field
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import atomic_output
 
@@ -38,14 +39,7 @@ QUANTIZED_OPS = ("Conv",)
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def int8_support(flags: set[str] | None = None) -> tuple[bool, str]:

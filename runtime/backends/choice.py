@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import AUTO_CPU_SPEEDUP, ContractError
+from ..cpuinfo import cpuinfo_field
 from ..errors import CMINetError
 from ..files import write_text_atomic
 from .base import missing_requirement, open_backend
@@ -45,13 +46,7 @@ def cache_path() -> Path:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def choice_key(path: Path, threads: int) -> str:
