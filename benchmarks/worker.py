@@ -130,12 +130,12 @@ def cold_start(spec: dict) -> dict:
     """Import → load → first fused image, in this fresh process (started by the parent,
     which adds the interpreter start-up it measured)."""
     t0 = time.perf_counter()
-    from cminet.runtime.imaging import finish_output, prepare_pair, read_image
+    from cminet.runtime.imaging import finish_fused, prepare_pair, read_image
 
     backend = open_spec_backend(spec)
     pair = prepare_pair(read_image(spec["sample_mri"]), read_image(spec["sample_other"]))
     out = run_once(backend, pair.mri[None, None], pair.other[None, None])
-    finish_output(out[0, 0], pair.chroma)
+    finish_fused(out[0, 0], pair)
     return {"in_process_s": time.perf_counter() - t0, "finished_at": time.time()}
 
 

@@ -22,7 +22,7 @@ from functools import cache
 import cv2
 import numpy as np
 
-from cminet.metrics import coloured_mask
+from cminet.runtime.colour import hold_weight
 from cminet.runtime.imaging import prepare_pair, rgb_to_ycbcr
 from cminet.runtime.palettes import DICOM_PALETTES, palette_lut
 
@@ -66,16 +66,20 @@ class Augment:
     noise: float = 0.02  # largest noise σ
 
     def __call__(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        """One training crop: MRI, functional Y (or CT), colour mask → the same, changed.
-        A grey CT (empty mask) gets intensity, blur and noise changes but no palette."""
+        """One training crop: MRI, functional Y (or CT), colour-hold weight → the same,
+        changed. A grey CT (empty weight) keeps its intensities and sharpness: CT numbers are
+        calibrated (Hounsfield units) and CT is the sharpest source, so only the MRI changes
+        and noise is added (blurring CT taught the network to trust bone edges less: CT
+        Qabf on validation 0.609 → 0.575 after 3 epochs)."""
         a = self.mri(a, rng)
         coloured = bool(mask.any())
-        b = self.functional(b, rng)
+        if coloured:
+            b = self.functional(b, rng)
         if coloured and rng.random() < self.p_palette:
             rgb = render_palette(b, palettes()[rng.choice(sorted(palettes()))])
-            b, mask = rgb_to_ycbcr(rgb)[..., 0] / 255.0, coloured_mask(rgb)
+            b, mask = rgb_to_ycbcr(rgb)[..., 0] / 255.0, hold_weight(rgb)
         elif coloured:  # same palette: the colour follows the (blurred) uptake
-            mask = (mask > 0.5) & (b > 0)
+            mask = np.where(b > 0, mask, 0.0)
         if rng.random() < self.p_noise:
             a = a + rng.normal(0, self.noise * rng.random(), a.shape)
             b = b + rng.normal(0, self.noise * rng.random(), b.shape)
@@ -110,7 +114,7 @@ SHIFT = Augment(p_invert=0.5, p_gamma=0.8, p_bias=0.6, p_scale=0.8, p_blur=0.7, 
 def shifted_copies(a: np.ndarray, b: np.ndarray, mask: np.ndarray, seed: int, copies: int = 1) -> list[tuple]:
     """Deterministic transformed copies (float MRI, functional Y, mask) of one colour pair."""
     rng = np.random.default_rng(seed)
-    return [SHIFT(a, b, mask > 0.5, rng) for _ in range(copies)]
+    return [SHIFT(a, b, mask, rng) for _ in range(copies)]
 
 
 def shifted_rgb_pair(mri: np.ndarray, other_rgb: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -318,11 +318,13 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Scale (Gaussian σ, px) above which the colour term holds the functional brightness.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Subject/scanner augmentation: MRI contrast, functional scale/blur/palette, noise.")
+@click.option("--colour-hold/--no-colour-hold", default=True, show_default=True,
+              help="Train through the runtime's colour hold (PET/SPECT base from the functional image).")
 @click.option("--shifted-val", default=1, show_default=True, type=click.IntRange(min=0),
               help="Transformed copies (palette, contrast, resolution) of each colour validation pair.")
 def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
           reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, w_colour, colour_sigma,
-          augment, shifted_val) -> None:
+          augment, colour_hold, shifted_val) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -370,7 +372,7 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
-                        augment=augment, shifted_val=shifted_val,
+                        augment=augment, colour_hold=colour_hold, shifted_val=shifted_val,
                         loss=LossWeights(*weights, colour_sigma=colour_sigma))
     try:
         summary = run_training(opts)

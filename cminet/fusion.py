@@ -21,7 +21,7 @@ from cminet.checkpoint import load_checkpoint
 from cminet.model import CMINet
 from cminet.runtime.contract import SHIPPED_WEIGHTS, ContractError, shipped_dir
 from cminet.runtime.errors import ModelFileError, SizeLimitError
-from cminet.runtime.imaging import finish_output, prepare_pair
+from cminet.runtime.imaging import finish_fused, prepare_pair
 from cminet.runtime.memory import NetworkShape
 from cminet.runtime.tiling import SizePolicy, TilePlan, parse_tile, run_tiled
 
@@ -107,7 +107,7 @@ def _fuse(model: CMINet, mri: np.ndarray, other: np.ndarray, tile) -> tuple[np.n
         fused = infer(pair.mri[None, None], pair.other[None, None])[0, 0]
     else:
         fused = run_tiled(infer, pair.mri, pair.other, plan)
-    return finish_output(fused, pair.chroma), plan
+    return finish_fused(fused, pair), plan
 
 
 class TorchFuser:

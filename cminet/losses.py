@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cminet.runtime.colour import HOLD_SIGMA, gaussian_kernel
+
 
 def gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian (float64); the 2-D window is its outer product."""
@@ -211,6 +213,19 @@ class LossWeights:
     qabf: float = 0.0
     colour: float = 0.0
     colour_sigma: float = COLOUR_SIGMA
+
+
+def colour_hold(f: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None,
+                sigma: float = HOLD_SIGMA) -> torch.Tensor:
+    """The runtime's colour hold (:func:`cminet.runtime.colour.hold_functional_base`) in
+    torch, so training sees the output a user gets: ``f + weight · G_σ ∗ (b − f)`` on
+    N×1×H×W tensors, same kernel and mirrored borders; ``f`` when ``weight`` is None."""
+    if weight is None:
+        return f
+    kernel = torch.from_numpy(gaussian_kernel(sigma))
+    size = kernel.numel()
+    low = _blur_valid(F.pad(b - f, (size // 2,) * 4, mode="reflect"), kernel)
+    return f + weight * low
 
 
 def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:

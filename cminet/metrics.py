@@ -14,6 +14,8 @@ import math
 import cv2
 import numpy as np
 
+from cminet.runtime.colour import COLOURED_CHROMA, chroma, srgb_to_lab  # noqa: F401  (part of this API)
+
 METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
@@ -227,33 +229,15 @@ def evaluate(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> dict[str, float]:
 # The nine metrics above see only grey / Y. A PET or SPECT reader reads the colour scale, so
 # we also measure how far the fused RGB is from the functional source's RGB where the source
 # is coloured. Colour space: CIE 1976 L*a*b* from sRGB (IEC 61966-2-1 transfer function,
-# D65 white, the sRGB→XYZ matrix of IEC 61966-2-1) with the CIE 15:2004 (§8.2.1) Lab formula;
+# D65 white, the sRGB→XYZ matrix of IEC 61966-2-1) with the CIE 15:2004 (§8.2.1) Lab formula
+# (:func:`cminet.runtime.colour.srgb_to_lab`, shared with the runtime's colour hold);
 # ΔE*ab (1976) is the Euclidean distance in Lab. OpenCV's ``cv2.COLOR_RGB2Lab`` on float
 # input computes the same (the tests check it).
 
 COLOUR_METRICS = ("ColourDE", "LightRatio")
-COLOURED_CHROMA = 20.0  # C*ab above which a functional pixel counts as coloured
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                         [0.2126729, 0.7151522, 0.0721750],
-                         [0.0193339, 0.1191920, 0.9503041]])
-_D65_WHITE = np.array([0.950456, 1.0, 1.088754])  # XYZ of the sRGB white, Y = 1
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (or 0–255 float) sRGB H×W×3 → CIE L*a*b* H×W×3 (L in 0–100), D65."""
-    c = _f64(rgb) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
-    eps, kappa = (6 / 29) ** 3, (29 / 6) ** 2 / 3
-    f = np.where(xyz > eps, np.cbrt(xyz), kappa * xyz + 4 / 29)
-    lightness = 116 * f[..., 1] - 16
-    return np.stack([lightness, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
 def coloured_mask(source_rgb: np.ndarray, min_chroma: float = COLOURED_CHROMA) -> np.ndarray:
     """Pixels of a pseudo-colour image whose CIELAB chroma C*ab exceeds ``min_chroma``."""
-    lab = srgb_to_lab(source_rgb)
-    return np.hypot(lab[..., 1], lab[..., 2]) > min_chroma
+    return chroma(source_rgb) > min_chroma
 
 
 def colour_fidelity(source_rgb: np.ndarray, fused_rgb: np.ndarray,

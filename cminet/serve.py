@@ -37,7 +37,7 @@ import numpy as np
 from cminet.export.triton import IO_DIMS, QUEUE_DELAY_US
 from cminet.runtime.contract import INPUT_NAMES, OUTPUT_NAME
 from cminet.runtime.errors import CMINetError
-from cminet.runtime.imaging import finish_output, prepare_pair
+from cminet.runtime.imaging import finish_fused, prepare_pair
 
 MODEL_NAME = "cminet"
 DEFAULT_PORT = 8000
@@ -202,7 +202,7 @@ class TritonFuser:
         """uint8 MRI + CT (grey) or PET/SPECT (RGB) → uint8 grey or RGB, as local fusion."""
         pair = prepare_pair(mri, other)
         out = self.infer(pair.mri[None, None], pair.other[None, None])
-        return finish_output(out[0, 0], pair.chroma)
+        return finish_fused(out[0, 0], pair)
 
     def close(self) -> None:
         self.client.close()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from cminet.augment import Augment
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
 from cminet.data import FusionPairs, split_validation
-from cminet.losses import FusionLoss, LossWeights
+from cminet.losses import FusionLoss, LossWeights, colour_hold
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.folders import PAIR_TYPES, list_pairs
@@ -58,6 +58,7 @@ class TrainOptions:
     init: Path | None = None  # start from these weights (fine-tuning)
     reset_head: bool = False  # with init: zero the output correction (start from the max rule)
     lr_scaling: str = "sqrt"  # how lr grows with the global batch under DDP (see scaled_lr)
+    colour_hold: bool = True  # train through the runtime's colour hold (cminet.runtime.colour)
     loss: LossWeights = field(default_factory=LossWeights)
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
@@ -146,11 +147,20 @@ def data_parallel(model: torch.nn.Module, dist: Distributed, device: torch.devic
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu)
 
 
+def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None,
+                 hold: bool) -> torch.Tensor:
+    """What the user gets for a batch: the network, then (``hold``) the colour hold with the
+    functional source's hold weight ``mask``, as :func:`cminet.runtime.imaging.finish_fused`."""
+    f = model(a, b)
+    return colour_hold(f, b, mask) if hold and mask is not None else f
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,
-               a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+               a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None,
+               hold: bool = True) -> tuple[torch.Tensor, dict]:
     """One optimisation step on a batch. Under DDP ``backward`` averages the gradients of
     all ranks, so the step equals one on all ranks' batches concatenated."""
-    loss, terms = criterion(model(a, b), a, b, mask)
+    loss, terms = criterion(fused_output(model, a, b, mask, hold), a, b, mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -173,7 +183,7 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, device,
-                  dist: Distributed = Distributed()) -> dict:
+                  dist: Distributed = Distributed(), hold: bool = True) -> dict:
     """Mean loss (and terms) over whole validation images, one image at a time.
 
     Under DDP rank r scores images r, r + world_size, ... and the sums are added up over
@@ -183,7 +193,7 @@ def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, devic
     sums = dict.fromkeys(TERMS, 0.0)
     for i in range(dist.rank, len(data), dist.world_size):
         a, b, mask = (t[None].to(device) for t in data[i])
-        loss, terms = criterion(model(a, b), a, b, mask)
+        loss, terms = criterion(fused_output(model, a, b, mask, hold), a, b, mask)
         sums["loss"] += loss.item()
         for k, v in terms.items():
             sums[k] += v
@@ -286,7 +296,7 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
                        disable=not dist.is_main)
             for a, b, mask in bar:
                 a, b, mask = a.to(device), b.to(device), mask.to(device)
-                loss, terms = train_step(net, optimizer, criterion, a, b, mask)
+                loss, terms = train_step(net, optimizer, criterion, a, b, mask, opts.colour_hold)
                 sums["loss"] += loss.item() * len(a)
                 for k, v in terms.items():
                     sums[k] += v * len(a)
@@ -296,7 +306,7 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
             *totals, seen = dist.sum([*sums.values(), seen], device)  # means over every rank's images
             train_stats = {k: v / max(seen, 1) for k, v in zip(sums, totals, strict=True)}
 
-            val = evaluate_loss(model, val_set, criterion, device, dist)
+            val = evaluate_loss(model, val_set, criterion, device, dist, opts.colour_hold)
             improved = val["loss"] < best_val
             if improved:
                 best_val = val["loss"]

@@ -37,7 +37,7 @@ from .contract import (
     shipped_onnx,
 )
 from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError
-from .imaging import finish_output, prepare_pair
+from .imaging import finish_fused, prepare_pair
 from .memory import NetworkShape, check_fits
 from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
 
@@ -194,7 +194,7 @@ class Fuser:
         an image that does not fit; a number forces tiles of that side (≥ 64)."""
         tile = parse_tile(tile)
         pair = prepare_pair(mri, other)
-        return finish_output(self._network(pair.mri, pair.other, tile), pair.chroma)
+        return finish_fused(self._network(pair.mri, pair.other, tile), pair)
 
     def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], tile: int | str | None = "auto"
                    ) -> list[np.ndarray]:
@@ -213,8 +213,7 @@ class Fuser:
         for (height, width), indices in by_size.items():
             if policy.plan(height, width, tile) is not None:  # too large for one call: tiles, pair by pair
                 for i in indices:
-                    results[i] = finish_output(self._network(prepared[i].mri, prepared[i].other, tile),
-                                               prepared[i].chroma)
+                    results[i] = finish_fused(self._network(prepared[i].mri, prepared[i].other, tile), prepared[i])
                 continue
             limit = policy.max_batch if self.backend.profile.max else DEFAULT_BATCH_LIMIT
             while limit > 1 and not policy.fits(limit, height, width):
@@ -225,7 +224,7 @@ class Fuser:
                 b = np.stack([prepared[i].other for i in chunk])[:, None]
                 out = self.infer(a, b)
                 for k, i in enumerate(chunk):
-                    results[i] = finish_output(out[k, 0], prepared[i].chroma)
+                    results[i] = finish_fused(out[k, 0], prepared[i])
         return results  # type: ignore[return-value]
 
     @property

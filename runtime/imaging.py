@@ -4,7 +4,9 @@ numpy + OpenCV only: this module is part of the torch-free runtime.
 
 Colour handling: PET and SPECT are pseudo-colour RGB. They are converted
 to YCbCr with the full-range BT.601 (JPEG) matrix, the network fuses their Y with the MRI,
-and the source Cb/Cr are put back. CT and MRI are grey.
+the colour hold (:mod:`cminet.runtime.colour`) gives the fused Y back the functional image's
+local brightness on its coloured pixels, and the source Cb/Cr are put back. CT and MRI are
+grey.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .colour import hold_functional_base, hold_weight
 from .contract import MIN_SIDE
 from .errors import ImageError, OutputError
 from .files import check_output, write_bytes_atomic
@@ -201,9 +204,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 class PreparedPair:
     """Network inputs for one pair plus what is needed to rebuild the output image."""
 
+    # H×W for one pair; N×H×W when a volume's slices are stacked (runtime.volume)
     mri: np.ndarray  # float32 H×W in [0, 1]
     other: np.ndarray  # float32 H×W in [0, 1]: CT, or the Y channel of PET/SPECT
     chroma: np.ndarray | None  # float32 H×W×2 Cb/Cr of the colour source, or None for grey
+    hold: np.ndarray | None = None  # float32 H×W colour-hold weight (colour.hold_weight), None for grey
 
 
 def validate_image(image: np.ndarray, name: str) -> None:
@@ -231,14 +236,23 @@ def prepare_pair(mri: np.ndarray, other: np.ndarray) -> PreparedPair:
             " (the pair must be co-registered to the same grid)"
         )
     mri_y = rgb_to_ycbcr(mri)[..., 0] if mri.ndim == 3 and mri.shape[2] == 3 else mri.reshape(mri.shape[:2])
-    chroma = None
+    chroma = hold = None
     if other.ndim == 3 and other.shape[2] == 3:
         ycc = rgb_to_ycbcr(other)
-        other_y, chroma = ycc[..., 0], ycc[..., 1:]
+        other_y, chroma, hold = ycc[..., 0], ycc[..., 1:], hold_weight(other)
     else:
         other_y = other.reshape(other.shape[:2])
     scale = np.float32(1.0 / 255.0)
-    return PreparedPair(mri_y.astype(np.float32) * scale, other_y.astype(np.float32) * scale, chroma)
+    return PreparedPair(mri_y.astype(np.float32) * scale, other_y.astype(np.float32) * scale, chroma, hold)
+
+
+def finish_fused(fused: np.ndarray, pair: PreparedPair) -> np.ndarray:
+    """The network's output for ``pair`` (H×W, or N×H×W for stacked slices) → uint8 grey or
+    RGB: the colour hold, then :func:`finish_output`. Every cminet path (torch, ONNX Runtime,
+    OpenVINO, TensorRT, Triton, volumes) ends here; classical rules call finish_output."""
+    if not np.all(np.isfinite(fused)):
+        raise ImageError("the model produced NaN or Inf (check the model file and inputs)")
+    return finish_output(hold_functional_base(fused, pair.other, pair.hold), pair.chroma)
 
 
 def finish_output(fused: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:

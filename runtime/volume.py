@@ -17,7 +17,7 @@ How, and why:
    Hounsfield window, PET/SPECT by a fixed range in their own units, then a DICOM palette.
 4. Per batch of axial slices: OTHER is resampled onto those MRI slices (trilinear, through
    both affines), windowed and coloured, and the pair goes through exactly the 2-D path:
-   :func:`.imaging.prepare_pair` → :meth:`Fuser.infer` → :func:`.imaging.finish_output`
+   :func:`.imaging.prepare_pair` → :meth:`Fuser.infer` → :func:`.imaging.finish_fused`
    (Y through the network, PET/SPECT Cb/Cr kept). Working memory is a few slices.
 """
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .contract import AUTO, BACKENDS
 from .errors import CMINetError
 from .fuser import Fuser
-from .imaging import finish_output, prepare_pair, to_uint8, validate_image, write_image
+from .imaging import PreparedPair, finish_fused, prepare_pair, to_uint8, validate_image, write_image
 from .palettes import DEFAULT_COLORMAP, GRAY, apply_palette, check_colormap
 from .volume_geometry import DisplayGrid, Resampler, check_overlap, display_grid
 from .volume_io import (
@@ -144,6 +144,7 @@ class SlicePair:
         table = prepare_pair(values, apply_palette(values, self.colormap) if self.colour else values)
         self._mri_table, self._other_table = table.mri.ravel(), table.other.ravel()
         self._chroma_table = table.chroma.reshape(256, 2) if table.chroma is not None else None
+        self._hold_table = table.hold.ravel() if table.hold is not None else None
         validate_image(np.zeros(self.grid.shape[1:], dtype=np.uint8), f"MRI {mri.source} axial slice")
 
     @property
@@ -164,13 +165,14 @@ class SlicePair:
         values = window_to_uint8(self.other(z, row, column), self.window)
         return apply_palette(values, self.colormap) if self.colour else values
 
-    def network_inputs(self, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def network_inputs(self, z0: int, z1: int) -> PreparedPair:
         """What prepare_pair gives for slices z0..z1-1, stacked: MRI and OTHER (its Y for
-        PET/SPECT) as float32 N×1×H×W in [0, 1], and the Cb/Cr to restore (or None)."""
+        PET/SPECT) as float32 N×H×W in [0, 1], and the Cb/Cr and colour-hold weight (or None)."""
         # intp indices: numpy looks rows up ~10× faster with them than with uint8 ones
         mri, other = self.mri_slices(z0, z1).astype(np.intp), self.other_slices(z0, z1).astype(np.intp)
         chroma = np.take(self._chroma_table, other, axis=0) if self._chroma_table is not None else None
-        return np.take(self._mri_table, mri)[:, None], np.take(self._other_table, other)[:, None], chroma
+        hold = np.take(self._hold_table, other) if self._hold_table is not None else None
+        return PreparedPair(np.take(self._mri_table, mri), np.take(self._other_table, other), chroma, hold)
 
     def describe(self) -> dict:
         return {"modality": self.modality, "mri_window": list(self.mri_window), "window": list(self.window),
@@ -249,11 +251,11 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
     with tqdm(total=depth, unit="slice", desc="fusing", disable=not progress, leave=False) as bar:
         for z0 in range(0, depth, batch_size):
             z1 = min(z0 + batch_size, depth)
-            mri, other, chroma = pair.network_inputs(z0, z1)
+            inputs = pair.network_inputs(z0, z1)
             started = time.perf_counter()
-            fused = fuser.infer(mri, other)
+            fused = fuser.infer(inputs.mri[:, None], inputs.other[:, None])
             network += time.perf_counter() - started
-            out[z0:z1] = finish_output(fused[:, 0], chroma)
+            out[z0:z1] = finish_fused(fused[:, 0], inputs)
             bar.update(z1 - z0)
     return out, network
 

@@ -166,3 +166,86 @@ def test_shifted_pairs_are_repeatable_and_vary_the_palette():
     assert first[1].dtype == np.uint8 and first[1].shape == pet.shape
     assert (first[1][-4:, :4] == 0).all()  # far from any uptake stays black whatever the palette
     assert SHIFT.p_palette == 1.0
+
+
+# --- The colour hold (cminet.runtime.colour): the fused Y keeps the functional base ------
+
+def test_hold_weight_is_zero_on_grey_one_on_colour_and_ramps_between():
+    from cminet.runtime.colour import HOLD_FROM_CHROMA, chroma, hold_weight
+
+    pet = _pet_disc()
+    weight, c = hold_weight(pet), chroma(pet)
+    assert weight.dtype == np.float32 and weight.shape == pet.shape[:2]
+    assert (weight[c >= COLOURED_CHROMA] == 1).all() and (weight[c <= HOLD_FROM_CHROMA] == 0).all()
+    between = (c > HOLD_FROM_CHROMA) & (c < COLOURED_CHROMA)
+    assert between.any() and ((weight[between] > 0) & (weight[between] < 1)).all()
+    assert not hold_weight(np.full((8, 8, 3), 77, np.uint8)).any()
+
+
+def test_hold_gives_back_the_functional_base_and_keeps_the_detail():
+    from cminet.runtime.colour import hold_functional_base, low_pass
+
+    rng = np.random.default_rng(1)
+    b = cv2.GaussianBlur(rng.random((64, 64), dtype=np.float32), (0, 0), 6)  # smooth uptake
+    detail = (rng.random((64, 64), dtype=np.float32) - 0.5) * 0.2  # MRI structure, fine
+    fused = 0.6 * b + detail  # the network darkened the uptake by 40 %
+    held = hold_functional_base(fused, b, np.ones_like(b))
+    assert np.abs(low_pass(held) - low_pass(b)).mean() < 0.1 * np.abs(low_pass(fused) - low_pass(b)).mean()
+    fine = held - low_pass(held)
+    assert np.corrcoef(fine.ravel(), (detail - low_pass(detail)).ravel())[0, 1] > 0.9
+    assert np.array_equal(hold_functional_base(fused, b, np.zeros_like(b)), fused)  # weight 0: untouched
+    assert np.array_equal(hold_functional_base(fused, b, None), fused)  # a CT: no weight map
+    with pytest.raises(ValueError, match="shapes differ"):
+        hold_functional_base(fused, b[:32], np.ones_like(b))
+
+
+def test_finish_fused_restores_a_darkened_pet_and_leaves_grey_alone():
+    from cminet.runtime.imaging import finish_fused, finish_output, prepare_pair
+
+    pet = _pet_disc()
+    mri = np.full(pet.shape[:2], 60, np.uint8)
+    pair = prepare_pair(mri, pet)
+    dark = pair.other * 0.6
+    before = colour_fidelity(pet, finish_output(dark, pair.chroma))
+    after = colour_fidelity(pet, finish_fused(dark, pair))
+    assert before["LightRatio"] < 0.85 and after["ColourDE"] < before["ColourDE"] / 3
+    assert abs(after["LightRatio"] - 1) < 0.05
+    grey = prepare_pair(mri, pet[..., 0].copy())  # a CT: no colour, nothing held
+    assert grey.hold is None
+    assert np.array_equal(finish_fused(grey.other * 0.6, grey), finish_output(grey.other * 0.6, None))
+    with pytest.raises(Exception, match="NaN"):
+        finish_fused(np.full_like(dark, np.nan), pair)
+
+
+def test_training_holds_exactly_as_the_runtime_does():
+    from cminet.losses import colour_hold
+    from cminet.runtime.colour import hold_functional_base
+
+    rng = np.random.default_rng(2)
+    f, b, w = (rng.random((2, 1, 40, 52), dtype=np.float32) for _ in range(3))
+    ours = colour_hold(torch.from_numpy(f), torch.from_numpy(b), torch.from_numpy(w)).numpy()
+    for i in range(2):
+        assert np.abs(ours[i, 0] - hold_functional_base(f[i, 0], b[i, 0], w[i, 0])).max() < 1e-5
+    assert torch.equal(colour_hold(torch.from_numpy(f), torch.from_numpy(b), None), torch.from_numpy(f))
+
+
+def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
+    """End to end through the torch-free Fuser and the torch model: on the shipped samples the
+    fused colours are closer to the PET/SPECT than the Laplacian pyramid's, and the classical
+    rules are not held (they are what cminet is compared against)."""
+    from cminet.baselines import BaselineFuser, laplacian_pyramid
+    from cminet.fusion import TorchFuser
+    from cminet.runtime import Fuser
+    from cminet.runtime.folders import SAMPLES_DIR
+    from cminet.runtime.imaging import finish_output, prepare_pair, read_image
+
+    ort, torch_fuser, laplacian = Fuser(backend="ort-cpu"), TorchFuser(), BaselineFuser("laplacian")
+    for pair_type, name in (("pet_mri", "41066.png"), ("spect_mri", "9023.png")):
+        mri = read_image(SAMPLES_DIR / pair_type / "mri" / name)
+        other = read_image(SAMPLES_DIR / pair_type / "other" / name)
+        ours = colour_fidelity(other, ort.fuse(mri, other))["ColourDE"]
+        assert ours == pytest.approx(colour_fidelity(other, torch_fuser.fuse(mri, other))["ColourDE"], abs=0.1)
+        assert ours < colour_fidelity(other, laplacian.fuse(mri, other))["ColourDE"], pair_type
+        pair = prepare_pair(mri, other)
+        plain = finish_output(laplacian_pyramid(pair.mri, pair.other), pair.chroma)
+        assert np.array_equal(laplacian.fuse(mri, other), plain)

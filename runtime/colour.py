@@ -1,0 +1,96 @@
+"""Functional colour: CIELAB, and the colour hold that keeps a PET/SPECT colour scale true.
+
+numpy + OpenCV only: part of the torch-free runtime.
+
+Why a hold. The fused image takes its colour (Cb/Cr) from the PET/SPECT and its brightness
+(Y) from the network. Where the network darkens the functional image's hot regions, yellow
+reads olive and red dims: the colour scale, which is what a nuclear-medicine reader reads, no
+longer tells the uptake. A loss term that asks the network to keep the functional image's
+local brightness made it bistable inside the SPECT colour (all-MRI for some weights,
+all-SPECT for others) and let a crop flip it (README, "Colour fidelity"). So the network's
+output goes through a fixed base/detail step instead: on the functional source's coloured
+pixels the fused Y takes its low-pass *base* from the functional image and keeps the
+network's *detail* (everything finer than ``HOLD_SIGMA``, where the MRI's structure lives):
+
+    y = f + w · G_σ ∗ (b − f)
+
+with ``f`` the network output, ``b`` the functional Y, ``G_σ`` a Gaussian low-pass and ``w``
+the hold weight: 0 where the source is grey or dark (there the MRI shows as the network
+fused it), 1 from the colourfulness the colour metric counts as coloured (CIELAB chroma
+C*ab ≥ 20), linear in between so the step leaves no seam. The step is local (a few σ) and
+runs once on the whole fused image, after any tiling, so the output does not depend on the
+field of view. CT and grey inputs have no weight map and are left as the network made them.
+
+Colour space: CIE 1976 L*a*b* from sRGB (IEC 61966-2-1 transfer function and sRGB→XYZ
+matrix, D65 white) with the CIE 15:2004 (§8.2.1) Lab formula.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+COLOURED_CHROMA = 20.0  # C*ab above which a functional pixel counts as coloured (metric and hold)
+HOLD_FROM_CHROMA = 5.0  # C*ab at and below which the hold weight is 0 (grey, black, near-white)
+HOLD_SIGMA = 2.0  # px: the Gaussian σ of the base the functional image keeps (chosen on validation)
+
+_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                         [0.2126729, 0.7151522, 0.0721750],
+                         [0.0193339, 0.1191920, 0.9503041]])
+_D65_WHITE = np.array([0.950456, 1.0, 1.088754])  # XYZ of the sRGB white, Y = 1
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (or 0–255 float) sRGB …×3 → CIE L*a*b* …×3 float64 (L in 0–100), D65."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
+    eps, kappa = (6 / 29) ** 3, (29 / 6) ** 2 / 3
+    f = np.where(xyz > eps, np.cbrt(xyz), kappa * xyz + 4 / 29)
+    lightness = 116 * f[..., 1] - 16
+    return np.stack([lightness, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def chroma(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB chroma C*ab = √(a*² + b*²) of sRGB …×3 (0 for grey)."""
+    lab = srgb_to_lab(rgb)
+    return np.hypot(lab[..., 1], lab[..., 2])
+
+
+def hold_weight(rgb: np.ndarray) -> np.ndarray:
+    """float32 …×H×W in [0, 1]: how much of a PET/SPECT pixel's local brightness the fused
+    image keeps (0 at C*ab ≤ ``HOLD_FROM_CHROMA``, 1 at C*ab ≥ ``COLOURED_CHROMA``)."""
+    ramp = (chroma(rgb) - HOLD_FROM_CHROMA) / (COLOURED_CHROMA - HOLD_FROM_CHROMA)
+    return np.clip(ramp, 0.0, 1.0).astype(np.float32)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The 1-D Gaussian of the hold (2⌈3σ⌉ + 1 taps, sums to 1), float64; the training loss
+    builds its torch copy from this array so both filter with the same numbers."""
+    size = 2 * math.ceil(3 * sigma) + 1
+    return cv2.getGaussianKernel(size, sigma, cv2.CV_64F).ravel()
+
+
+def low_pass(x: np.ndarray, sigma: float = HOLD_SIGMA) -> np.ndarray:
+    """Gaussian low-pass of float H×W (or N×H×W, slice by slice), mirrored borders
+    (OpenCV ``BORDER_REFLECT_101``, torch ``reflect``)."""
+    kernel = gaussian_kernel(sigma)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 2:
+        return cv2.sepFilter2D(x, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return np.stack([low_pass(s, sigma) for s in x])
+
+
+def hold_functional_base(fused: np.ndarray, functional: np.ndarray, weight: np.ndarray | None,
+                         sigma: float = HOLD_SIGMA) -> np.ndarray:
+    """The colour hold: ``fused + weight · G_σ ∗ (functional − fused)`` on float H×W (or
+    N×H×W) arrays in [0, 1]; ``fused`` unchanged (as float32) when ``weight`` is None or all 0."""
+    fused = np.asarray(fused, dtype=np.float32)
+    if weight is None or not np.any(weight):
+        return fused
+    if fused.shape != functional.shape or fused.shape != weight.shape:
+        raise ValueError(f"colour hold: shapes differ (fused {fused.shape}, functional {functional.shape}, "
+                         f"weight {weight.shape})")
+    return fused + weight * low_pass(functional - fused, sigma)
