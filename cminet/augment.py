@@ -22,7 +22,7 @@ from functools import cache
 import cv2
 import numpy as np
 
-from cminet.runtime.colour import hold_weight
+from cminet.runtime.colour import colour_weight
 from cminet.runtime.imaging import prepare_pair, rgb_to_ycbcr
 from cminet.runtime.palettes import DICOM_PALETTES, palette_lut
 
@@ -66,7 +66,7 @@ class Augment:
     noise: float = 0.02  # largest noise σ
 
     def __call__(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        """One training crop: MRI, functional Y (or CT), colour-hold weight → the same,
+        """One training crop: MRI, functional Y (or CT), colour weight → the same,
         changed. A grey CT (empty weight) keeps its intensities and sharpness: CT numbers are
         calibrated (Hounsfield units) and CT is the sharpest source, so only the MRI changes
         and noise is added (blurring CT taught the network to trust bone edges less: CT
@@ -77,7 +77,7 @@ class Augment:
             b = self.functional(b, rng)
         if coloured and rng.random() < self.p_palette:
             rgb = render_palette(b, palettes()[rng.choice(sorted(palettes()))])
-            b, mask = rgb_to_ycbcr(rgb)[..., 0] / 255.0, hold_weight(rgb)
+            b, mask = rgb_to_ycbcr(rgb)[..., 0] / 255.0, colour_weight(rgb)
         elif coloured:  # same palette: the colour follows the (blurred) uptake
             mask = np.where(b > 0, mask, 0.0)
         if rng.random() < self.p_noise:

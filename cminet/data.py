@@ -5,8 +5,8 @@ out this way works, so users can train on their own co-registered pairs. Pair ty
 kept apart by always keying a sample on ``(pair, name)``: file names repeat across types.
 
 The network sees grey MRI and grey CT, or the BT.601 Y channel of PET/SPECT. Each item also
-carries the functional source's colour-hold weight (1 on its coloured pixels, CIELAB chroma ≥ 20,
-0 where grey, all zero for CT: :func:`cminet.runtime.colour.hold_weight`), which the colour
+carries the functional source's colour weight (1 on its coloured pixels, CIELAB chroma ≥ 20,
+0 where grey, all zero for CT: :func:`cminet.runtime.colour.colour_weight`), which the colour
 hold and the colour loss term use.
 
 Training crops go through :class:`cminet.augment.Augment` (subject and scanner change);
@@ -63,10 +63,10 @@ def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) 
 
 def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read one pair as float32 (MRI, other-Y, colour mask) in [0, 1]: the mask is the
-    functional source's colour-hold weight (:func:`cminet.runtime.colour.hold_weight`: 1 on
+    functional source's colour weight (:func:`cminet.runtime.colour.colour_weight`: 1 on
     its coloured pixels, 0 where grey, and all 0 for a CT). Raises ImageError naming the file."""
     prepared = prepare_pair(read_image(ref.mri_path), read_image(ref.other_path))
-    mask = prepared.hold if prepared.hold is not None else np.zeros_like(prepared.other)
+    mask = prepared.colour if prepared.colour is not None else np.zeros_like(prepared.other)
     return prepared.mri, prepared.other, mask
 
 

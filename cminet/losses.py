@@ -40,10 +40,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cminet.runtime.colour import HOLD_SIGMA, gaussian_kernel
+from cminet.runtime.colour import EDGE_SIGMA, EDGE_TAU, HOLD_SIGMA, SOBEL_X, gaussian_kernel
 
 
 def gaussian_1d(size: int, sigma: float) -> torch.Tensor:
@@ -215,17 +216,31 @@ class LossWeights:
     colour_sigma: float = COLOUR_SIGMA
 
 
-def colour_hold(f: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None,
-                sigma: float = HOLD_SIGMA) -> torch.Tensor:
-    """The runtime's colour hold (:func:`cminet.runtime.colour.hold_functional_base`) in
-    torch, so training sees the output a user gets: ``f + weight · G_σ ∗ (b − f)`` on
-    N×1×H×W tensors, same kernel and mirrored borders; ``f`` when ``weight`` is None."""
-    if weight is None:
-        return f
+def _low_pass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian low-pass with the runtime's kernel and mirrored borders, same size out."""
     kernel = torch.from_numpy(gaussian_kernel(sigma))
-    size = kernel.numel()
-    low = _blur_valid(F.pad(b - f, (size // 2,) * 4, mode="reflect"), kernel)
-    return f + weight * low
+    return _blur_valid(F.pad(x, (kernel.numel() // 2,) * 4, mode="reflect"), kernel)
+
+
+def edge_release(a: torch.Tensor) -> torch.Tensor:
+    """:func:`cminet.runtime.colour.edge_release` of N×1×H×W MRI in torch: 1 on its edges."""
+    sobel = torch.from_numpy(np.stack([SOBEL_X, SOBEL_X.T])[:, None]).to(a)
+    g = F.conv2d(F.pad(a, (1, 1, 1, 1), mode="reflect"), sobel)
+    magnitude = torch.sqrt(g.square().sum(dim=1, keepdim=True))
+    return (_low_pass(magnitude, EDGE_SIGMA) / EDGE_TAU).clamp(0.0, 1.0)
+
+
+def colour_hold(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, colour: torch.Tensor | None,
+                sigma: float = HOLD_SIGMA) -> torch.Tensor:
+    """The runtime's colour hold (:func:`cminet.runtime.imaging.finish_fused`) in torch, so
+    training sees the output a user gets: ``f + w · G_σ ∗ (b − f)`` with
+    ``w = colour · (1 − edge_release(a))``, on N×1×H×W tensors, same kernels and mirrored
+    borders; ``f`` when ``colour`` is None. No gradient flows into the weight (it is made of
+    the inputs alone)."""
+    if colour is None:
+        return f
+    weight = colour * (1.0 - edge_release(a))
+    return f + weight * _low_pass(b - f, sigma)
 
 
 def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:

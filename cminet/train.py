@@ -150,9 +150,9 @@ def data_parallel(model: torch.nn.Module, dist: Distributed, device: torch.devic
 def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None,
                  hold: bool) -> torch.Tensor:
     """What the user gets for a batch: the network, then (``hold``) the colour hold with the
-    functional source's hold weight ``mask``, as :func:`cminet.runtime.imaging.finish_fused`."""
+    functional source's colour weight ``mask``, as :func:`cminet.runtime.imaging.finish_fused`."""
     f = model(a, b)
-    return colour_hold(f, b, mask) if hold and mask is not None else f
+    return colour_hold(f, a, b, mask) if hold and mask is not None else f
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .colour import hold_functional_base, hold_weight
+from .colour import colour_weight, hold_functional_base, hold_weight
 from .contract import MIN_SIDE
 from .errors import ImageError, OutputError
 from .files import check_output, write_bytes_atomic
@@ -209,6 +209,7 @@ class PreparedPair:
     other: np.ndarray  # float32 H×W in [0, 1]: CT, or the Y channel of PET/SPECT
     chroma: np.ndarray | None  # float32 H×W×2 Cb/Cr of the colour source, or None for grey
     hold: np.ndarray | None = None  # float32 H×W colour-hold weight (colour.hold_weight), None for grey
+    colour: np.ndarray | None = None  # float32 H×W colour part of it (colour.colour_weight), None for grey
 
 
 def validate_image(image: np.ndarray, name: str) -> None:
@@ -236,14 +237,13 @@ def prepare_pair(mri: np.ndarray, other: np.ndarray) -> PreparedPair:
             " (the pair must be co-registered to the same grid)"
         )
     mri_y = rgb_to_ycbcr(mri)[..., 0] if mri.ndim == 3 and mri.shape[2] == 3 else mri.reshape(mri.shape[:2])
-    chroma = hold = None
+    scale = np.float32(1.0 / 255.0)
+    mri_f = mri_y.astype(np.float32) * scale
     if other.ndim == 3 and other.shape[2] == 3:
         ycc = rgb_to_ycbcr(other)
-        other_y, chroma, hold = ycc[..., 0], ycc[..., 1:], hold_weight(other)
-    else:
-        other_y = other.reshape(other.shape[:2])
-    scale = np.float32(1.0 / 255.0)
-    return PreparedPair(mri_y.astype(np.float32) * scale, other_y.astype(np.float32) * scale, chroma, hold)
+        colour = colour_weight(other)
+        return PreparedPair(mri_f, ycc[..., 0] * scale, ycc[..., 1:], hold_weight(colour, mri_f), colour)
+    return PreparedPair(mri_f, other.reshape(other.shape[:2]).astype(np.float32) * scale, None)
 
 
 def finish_fused(fused: np.ndarray, pair: PreparedPair) -> np.ndarray:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .colour import hold_weight
 from .contract import AUTO, BACKENDS
 from .errors import CMINetError
 from .fuser import Fuser
@@ -144,7 +145,7 @@ class SlicePair:
         table = prepare_pair(values, apply_palette(values, self.colormap) if self.colour else values)
         self._mri_table, self._other_table = table.mri.ravel(), table.other.ravel()
         self._chroma_table = table.chroma.reshape(256, 2) if table.chroma is not None else None
-        self._hold_table = table.hold.ravel() if table.hold is not None else None
+        self._colour_table = table.colour.ravel() if table.colour is not None else None
         validate_image(np.zeros(self.grid.shape[1:], dtype=np.uint8), f"MRI {mri.source} axial slice")
 
     @property
@@ -171,8 +172,11 @@ class SlicePair:
         # intp indices: numpy looks rows up ~10× faster with them than with uint8 ones
         mri, other = self.mri_slices(z0, z1).astype(np.intp), self.other_slices(z0, z1).astype(np.intp)
         chroma = np.take(self._chroma_table, other, axis=0) if self._chroma_table is not None else None
-        hold = np.take(self._hold_table, other) if self._hold_table is not None else None
-        return PreparedPair(np.take(self._mri_table, mri), np.take(self._other_table, other), chroma, hold)
+        mri_f = np.take(self._mri_table, mri)
+        if self._colour_table is None:
+            return PreparedPair(mri_f, np.take(self._other_table, other), None)
+        colour = np.take(self._colour_table, other)
+        return PreparedPair(mri_f, np.take(self._other_table, other), chroma, hold_weight(colour, mri_f), colour)
 
     def describe(self) -> dict:
         return {"modality": self.modality, "mri_window": list(self.mri_window), "window": list(self.window),

@@ -170,16 +170,28 @@ def test_shifted_pairs_are_repeatable_and_vary_the_palette():
 
 # --- The colour hold (cminet.runtime.colour): the fused Y keeps the functional base ------
 
-def test_hold_weight_is_zero_on_grey_one_on_colour_and_ramps_between():
-    from cminet.runtime.colour import HOLD_FROM_CHROMA, chroma, hold_weight
+def test_colour_weight_is_zero_on_grey_one_on_colour_and_ramps_between():
+    from cminet.runtime.colour import HOLD_FROM_CHROMA, chroma, colour_weight
 
     pet = _pet_disc()
-    weight, c = hold_weight(pet), chroma(pet)
+    weight, c = colour_weight(pet), chroma(pet)
     assert weight.dtype == np.float32 and weight.shape == pet.shape[:2]
     assert (weight[c >= COLOURED_CHROMA] == 1).all() and (weight[c <= HOLD_FROM_CHROMA] == 0).all()
     between = (c > HOLD_FROM_CHROMA) & (c < COLOURED_CHROMA)
     assert between.any() and ((weight[between] > 0) & (weight[between] < 1)).all()
-    assert not hold_weight(np.full((8, 8, 3), 77, np.uint8)).any()
+    assert not colour_weight(np.full((8, 8, 3), 77, np.uint8)).any()
+
+
+def test_mri_edges_are_released_from_the_hold_and_flat_tissue_is_not():
+    from cminet.runtime.colour import edge_release, hold_weight
+
+    mri = np.zeros((48, 48), np.float32)
+    mri[:, 24:] = 0.6  # one vertical tissue boundary
+    release = edge_release(mri)
+    assert release[:, 22:26].min() == 1.0 and release[:, :19].max() == 0 and release[:, 29:].max() == 0
+    weight = hold_weight(np.ones_like(mri), mri)
+    assert weight[:, 22:26].max() == 0 and weight[:, :19].min() == 1.0
+    assert np.allclose(edge_release(np.stack([mri, mri.T])), np.stack([release, release.T]), atol=1e-6)
 
 
 def test_hold_gives_back_the_functional_base_and_keeps_the_detail():
@@ -219,14 +231,18 @@ def test_finish_fused_restores_a_darkened_pet_and_leaves_grey_alone():
 
 def test_training_holds_exactly_as_the_runtime_does():
     from cminet.losses import colour_hold
-    from cminet.runtime.colour import hold_functional_base
+    from cminet.runtime.colour import hold_functional_base, hold_weight
 
     rng = np.random.default_rng(2)
-    f, b, w = (rng.random((2, 1, 40, 52), dtype=np.float32) for _ in range(3))
-    ours = colour_hold(torch.from_numpy(f), torch.from_numpy(b), torch.from_numpy(w)).numpy()
+    f, b, colour = (rng.random((2, 1, 40, 52), dtype=np.float32) for _ in range(3))
+    a = cv2.GaussianBlur(rng.random((40, 52), dtype=np.float32), (0, 0), 1.5)[None, None].repeat(2, 0)
+    a[1] *= 0.3  # weaker edges: partly released
+    ours = colour_hold(*(torch.from_numpy(x) for x in (f, a, b, colour))).numpy()
     for i in range(2):
-        assert np.abs(ours[i, 0] - hold_functional_base(f[i, 0], b[i, 0], w[i, 0])).max() < 1e-5
-    assert torch.equal(colour_hold(torch.from_numpy(f), torch.from_numpy(b), None), torch.from_numpy(f))
+        runtime = hold_functional_base(f[i, 0], b[i, 0], hold_weight(colour[i, 0], a[i, 0]))
+        assert np.abs(ours[i, 0] - runtime).max() < 1e-5
+    f_t = torch.from_numpy(f)
+    assert torch.equal(colour_hold(f_t, torch.from_numpy(a), torch.from_numpy(b), None), f_t)
 
 
 def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
