@@ -7,7 +7,7 @@ Why a hold. The fused image takes its colour (Cb/Cr) from the PET/SPECT and its 
 reads olive and red dims: the colour scale, which is what a nuclear-medicine reader reads, no
 longer tells the uptake. A loss term that asks the network to keep the functional image's
 local brightness made it bistable inside the SPECT colour (all-MRI for some weights,
-all-SPECT for others) and let a crop flip it (README, "Colour fidelity"). So the network's
+all-SPECT for others) and let a crop flip it (README, "The shipped weights"). So the network's
 output goes through a fixed base/detail step instead: on the functional source's coloured
 pixels the fused Y takes its low-pass *base* from the functional image and keeps the
 network's *detail* (everything finer than ``HOLD_SIGMA``, where the MRI's structure lives):
