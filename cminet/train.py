@@ -148,11 +148,12 @@ def data_parallel(model: torch.nn.Module, dist: Distributed, device: torch.devic
 
 
 def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None,
-                 hold: bool) -> torch.Tensor:
-    """What the user gets for a batch: the network, then (``hold``) the colour hold with the
-    functional source's colour weight ``mask``, as :func:`cminet.runtime.imaging.finish_fused`."""
-    f = model(a, b)
-    return colour_hold(f, a, b, mask) if hold and mask is not None else f
+                 hold: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the user gets, the network's own output) for a batch: the network, then
+    (``hold``) the colour hold with the functional source's colour weight ``mask``, as
+    :func:`cminet.runtime.imaging.finish_fused`."""
+    raw = model(a, b)
+    return (colour_hold(raw, a, b, mask) if hold and mask is not None else raw), raw
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,
@@ -160,7 +161,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
                hold: bool = True) -> tuple[torch.Tensor, dict]:
     """One optimisation step on a batch. Under DDP ``backward`` averages the gradients of
     all ranks, so the step equals one on all ranks' batches concatenated."""
-    loss, terms = criterion(fused_output(model, a, b, mask, hold), a, b, mask)
+    f, raw = fused_output(model, a, b, mask, hold)
+    loss, terms = criterion(f, a, b, mask, raw)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -193,7 +195,8 @@ def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, devic
     sums = dict.fromkeys(TERMS, 0.0)
     for i in range(dist.rank, len(data), dist.world_size):
         a, b, mask = (t[None].to(device) for t in data[i])
-        loss, terms = criterion(fused_output(model, a, b, mask, hold), a, b, mask)
+        f, raw = fused_output(model, a, b, mask, hold)
+        loss, terms = criterion(f, a, b, mask, raw)
         sums["loss"] += loss.item()
         for k, v in terms.items():
             sums[k] += v
