@@ -318,8 +318,9 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Scale (Gaussian σ, px) above which the colour term holds the functional brightness.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Subject/scanner augmentation: MRI contrast, functional scale/blur/palette, noise.")
-@click.option("--colour-hold/--no-colour-hold", default=True, show_default=True,
-              help="Train through the runtime's colour hold (PET/SPECT base from the functional image).")
+@click.option("--colour-hold/--no-colour-hold", default=False, show_default=True,
+              help="Train through the runtime's colour hold (PET/SPECT base from the functional image); "
+                   "pair it with --w-colour so the network's own base stays defined.")
 @click.option("--shifted-val", default=1, show_default=True, type=click.IntRange(min=0),
               help="Transformed copies (palette, contrast, resolution) of each colour validation pair.")
 def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,

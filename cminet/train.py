@@ -58,7 +58,7 @@ class TrainOptions:
     init: Path | None = None  # start from these weights (fine-tuning)
     reset_head: bool = False  # with init: zero the output correction (start from the max rule)
     lr_scaling: str = "sqrt"  # how lr grows with the global batch under DDP (see scaled_lr)
-    colour_hold: bool = True  # train through the runtime's colour hold (cminet.runtime.colour)
+    colour_hold: bool = False  # train through the runtime's colour hold (README: its field-of-view cost)
     loss: LossWeights = field(default_factory=LossWeights)
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
@@ -158,7 +158,7 @@ def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,
                a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None,
-               hold: bool = True) -> tuple[torch.Tensor, dict]:
+               hold: bool = False) -> tuple[torch.Tensor, dict]:
     """One optimisation step on a batch. Under DDP ``backward`` averages the gradients of
     all ranks, so the step equals one on all ranks' batches concatenated."""
     f, raw = fused_output(model, a, b, mask, hold)
@@ -185,7 +185,7 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, device,
-                  dist: Distributed = Distributed(), hold: bool = True) -> dict:
+                  dist: Distributed = Distributed(), hold: bool = False) -> dict:
     """Mean loss (and terms) over whole validation images, one image at a time.
 
     Under DDP rank r scores images r, r + world_size, ... and the sums are added up over

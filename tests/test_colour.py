@@ -282,3 +282,19 @@ def test_colour_term_pins_the_network_output_under_the_hold():
     _, on_f = loss(b.clone(), a, b, mask)
     assert on_f["colour"] == pytest.approx(0.0, abs=1e-9)
     assert on_raw["colour"] == pytest.approx(colour_base(raw, b, mask).item()) and on_raw["colour"] > 1e-3
+
+
+def test_training_through_the_hold_scores_what_the_user_gets():
+    from cminet.losses import colour_hold
+    from cminet.model import CMINet
+    from cminet.train import fused_output
+
+    torch.manual_seed(0)
+    model = CMINet().eval()
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    colour = torch.ones_like(a)
+    with torch.no_grad():
+        held, raw = fused_output(model, a, b, colour, hold=True)
+        plain, raw2 = fused_output(model, a, b, colour, hold=False)
+    assert torch.equal(raw, raw2) and torch.equal(plain, raw)
+    assert torch.allclose(held, colour_hold(raw, a, b, colour)) and not torch.allclose(held, raw)
