@@ -291,7 +291,7 @@ def test_training_through_the_hold_scores_what_the_user_gets():
 
     torch.manual_seed(0)
     model = CMINet().eval()
-    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    a, b = torch.full((1, 1, 32, 32), 0.3), torch.rand(1, 1, 32, 32)  # flat MRI: nothing released
     colour = torch.ones_like(a)
     with torch.no_grad():
         held, raw = fused_output(model, a, b, colour, hold=True)
