@@ -245,9 +245,7 @@ def colour_hold(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, colour: torch
 
 def colour_base(f: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:
     """L_COLOUR: mean squared low-pass(f − b) over the mask (0 where the mask is empty)."""
-    size = 2 * math.ceil(3 * sigma) + 1
-    low = _blur_valid(F.pad(f - b, (size // 2,) * 4, mode="reflect"), gaussian_1d(size, sigma))
-    return (mask * low.square()).sum() / mask.sum().clamp(min=1.0)
+    return (mask * _low_pass(f - b, sigma).square()).sum() / mask.sum().clamp(min=1.0)
 
 
 class FusionLoss(torch.nn.Module):

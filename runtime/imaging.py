@@ -208,8 +208,13 @@ class PreparedPair:
     mri: np.ndarray  # float32 H×W in [0, 1]
     other: np.ndarray  # float32 H×W in [0, 1]: CT, or the Y channel of PET/SPECT
     chroma: np.ndarray | None  # float32 H×W×2 Cb/Cr of the colour source, or None for grey
-    hold: np.ndarray | None = None  # float32 H×W colour-hold weight (colour.hold_weight), None for grey
-    colour: np.ndarray | None = None  # float32 H×W colour part of it (colour.colour_weight), None for grey
+    colour: np.ndarray | None = None  # float32 H×W colour weight (colour.colour_weight), None for grey
+
+    @property
+    def hold(self) -> np.ndarray | None:
+        """The colour hold's weight (:func:`colour.hold_weight` of ``colour`` and ``mri``),
+        None for grey; derived when the output is finished, so training data never pays for it."""
+        return None if self.colour is None else hold_weight(self.colour, self.mri)
 
 
 def validate_image(image: np.ndarray, name: str) -> None:
@@ -241,17 +246,15 @@ def prepare_pair(mri: np.ndarray, other: np.ndarray) -> PreparedPair:
     mri_f = mri_y.astype(np.float32) * scale
     if other.ndim == 3 and other.shape[2] == 3:
         ycc = rgb_to_ycbcr(other)
-        colour = colour_weight(other)
-        return PreparedPair(mri_f, ycc[..., 0] * scale, ycc[..., 1:], hold_weight(colour, mri_f), colour)
+        return PreparedPair(mri_f, ycc[..., 0] * scale, ycc[..., 1:], colour_weight(other))
     return PreparedPair(mri_f, other.reshape(other.shape[:2]).astype(np.float32) * scale, None)
 
 
 def finish_fused(fused: np.ndarray, pair: PreparedPair) -> np.ndarray:
     """The network's output for ``pair`` (H×W, or N×H×W for stacked slices) → uint8 grey or
     RGB: the colour hold, then :func:`finish_output`. Every cminet path (torch, ONNX Runtime,
-    OpenVINO, TensorRT, Triton, volumes) ends here; classical rules call finish_output."""
-    if not np.all(np.isfinite(fused)):
-        raise ImageError("the model produced NaN or Inf (check the model file and inputs)")
+    OpenVINO, TensorRT, Triton, volumes) ends here; classical rules call finish_output
+    (which also refuses NaN / Inf: the hold's low-pass carries any along)."""
     return finish_output(hold_functional_base(fused, pair.other, pair.hold), pair.chroma)
 
 

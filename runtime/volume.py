@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .colour import hold_weight
 from .contract import AUTO, BACKENDS
 from .errors import CMINetError
 from .fuser import Fuser
@@ -172,11 +171,8 @@ class SlicePair:
         # intp indices: numpy looks rows up ~10× faster with them than with uint8 ones
         mri, other = self.mri_slices(z0, z1).astype(np.intp), self.other_slices(z0, z1).astype(np.intp)
         chroma = np.take(self._chroma_table, other, axis=0) if self._chroma_table is not None else None
-        mri_f = np.take(self._mri_table, mri)
-        if self._colour_table is None:
-            return PreparedPair(mri_f, np.take(self._other_table, other), None)
-        colour = np.take(self._colour_table, other)
-        return PreparedPair(mri_f, np.take(self._other_table, other), chroma, hold_weight(colour, mri_f), colour)
+        colour = np.take(self._colour_table, other) if self._colour_table is not None else None
+        return PreparedPair(np.take(self._mri_table, mri), np.take(self._other_table, other), chroma, colour)
 
     def describe(self) -> dict:
         return {"modality": self.modality, "mri_window": list(self.mri_window), "window": list(self.window),
