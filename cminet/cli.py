@@ -316,6 +316,9 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Loss weight of the functional brightness term (squared low-pass f − PET/SPECT over its colour).")
 @click.option("--colour-sigma", default=2.0, show_default=True, type=POSITIVE,
               help="Scale (Gaussian σ, px) above which the colour term holds the functional brightness.")
+@click.option("--w-fov", default=0.0, show_default=True, type=NON_NEGATIVE,
+              help="Loss weight of field-of-view consistency (the network on a window vs on the whole crop); "
+                   "keeps tiled fusion equal to whole-image fusion.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Subject/scanner augmentation: MRI contrast, functional scale/blur/palette, noise.")
 @click.option("--colour-hold/--no-colour-hold", default=False, show_default=True,
@@ -325,7 +328,7 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Transformed copies (palette, contrast, resolution) of each colour validation pair.")
 def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,
           reset_head, w_ssim, w_texture, w_pixel, w_intensity, w_gradient, w_vif, w_qabf, w_colour, colour_sigma,
-          augment, colour_hold, shifted_val) -> None:
+          w_fov, augment, colour_hold, shifted_val) -> None:
     """Train CMINet on the train split (validation is carved out of it by case).
 
     \b
@@ -374,7 +377,7 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
                         augment=augment, colour_hold=colour_hold, shifted_val=shifted_val,
-                        loss=LossWeights(*weights, colour_sigma=colour_sigma))
+                        loss=LossWeights(*weights, colour_sigma=colour_sigma, fov=w_fov))
     try:
         summary = run_training(opts)
     except KeyboardInterrupt:

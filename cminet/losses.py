@@ -214,6 +214,7 @@ class LossWeights:
     qabf: float = 0.0
     colour: float = 0.0
     colour_sigma: float = COLOUR_SIGMA
+    fov: float = 0.0  # field-of-view consistency (cminet.train.field_of_view_gap)
 
 
 def _low_pass(x: torch.Tensor, sigma: float) -> torch.Tensor:

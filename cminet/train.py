@@ -63,8 +63,8 @@ class TrainOptions:
     model: CMINetConfig = field(default_factory=CMINetConfig)
 
 
-# vif, qabf and colour are nan when unweighted (not computed)
-TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient", "vif", "qabf", "colour")
+# vif, qabf, colour and fov are nan when unweighted (not computed)
+TERMS = ("loss", "ssim", "texture", "pixel", "intensity", "gradient", "vif", "qabf", "colour", "fov")
 CSV_FIELDS = ["epoch", "lr", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "seconds",
               "world_size"]
 LR_SCALING = ("sqrt", "linear", "none")
@@ -156,13 +156,53 @@ def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask:
     return (colour_hold(raw, a, b, mask) if hold and mask is not None else raw), raw
 
 
+FOV_MARGIN = 8  # px: next to a window's border the network legitimately sees less context
+
+
+def field_of_view_gap(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, raw: torch.Tensor,
+                      random: bool = True) -> torch.Tensor:
+    """Mean |network on a window of the batch − the same window of ``raw``|, the network on
+    the whole batch, ``FOV_MARGIN`` px inside the window's border.
+
+    The network has image-wide statistics (GADN's RMS, channel attention's mean), so its
+    output can depend on how much image it sees, and tiling (:mod:`cminet.runtime.tiling`)
+    needs it not to. Training through the colour hold hides the network's own low
+    frequencies inside the functional colour from every other term, and they drifted
+    with the field of view there. The window is half the batch's side (a multiple of the
+    patch size), at a random place (``random``) or the centre."""
+    height, width = a.shape[-2:]
+    side = max(32, min(height, width) // 2 // 8 * 8)
+    if side >= min(height, width):  # the window would be the whole batch
+        return raw.new_zeros(())
+    if random:
+        y, x = (int(torch.randint(0, n - side + 1, ())) for n in (height, width))
+    else:
+        y, x = (height - side) // 2, (width - side) // 2
+    window = model(a[..., y:y + side, x:x + side], b[..., y:y + side, x:x + side])
+    inner = slice(FOV_MARGIN, side - FOV_MARGIN)
+    whole = raw[..., y:y + side, x:x + side]
+    return (window[..., inner, inner] - whole[..., inner, inner]).abs().mean()
+
+
+def scored_output(model: torch.nn.Module, criterion: FusionLoss, a: torch.Tensor, b: torch.Tensor,
+                  mask: torch.Tensor | None, hold: bool, random: bool = True) -> tuple[torch.Tensor, dict]:
+    """The loss (and its terms) of the model on a batch, the field-of-view term included."""
+    f, raw = fused_output(model, a, b, mask, hold)
+    loss, terms = criterion(f, a, b, mask, raw)
+    terms["fov"] = float("nan")
+    if criterion.weights.fov:
+        gap = field_of_view_gap(model, a, b, raw, random)
+        loss = loss + criterion.weights.fov * gap
+        terms["fov"] = gap.item()
+    return loss, terms
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: FusionLoss,
                a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None,
                hold: bool = False) -> tuple[torch.Tensor, dict]:
     """One optimisation step on a batch. Under DDP ``backward`` averages the gradients of
     all ranks, so the step equals one on all ranks' batches concatenated."""
-    f, raw = fused_output(model, a, b, mask, hold)
-    loss, terms = criterion(f, a, b, mask, raw)
+    loss, terms = scored_output(model, criterion, a, b, mask, hold)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -195,8 +235,7 @@ def evaluate_loss(model: CMINet, data: FusionPairs, criterion: FusionLoss, devic
     sums = dict.fromkeys(TERMS, 0.0)
     for i in range(dist.rank, len(data), dist.world_size):
         a, b, mask = (t[None].to(device) for t in data[i])
-        f, raw = fused_output(model, a, b, mask, hold)
-        loss, terms = criterion(f, a, b, mask, raw)
+        loss, terms = scored_output(model, criterion, a, b, mask, hold, random=False)
         sums["loss"] += loss.item()
         for k, v in terms.items():
             sums[k] += v
