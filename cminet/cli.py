@@ -323,7 +323,7 @@ def info(size: tuple[int, int], weights: str | None) -> None:
               help="Subject/scanner augmentation: MRI contrast, functional scale/blur/palette, noise.")
 @click.option("--colour-hold/--no-colour-hold", default=False, show_default=True,
               help="Train through the runtime's colour hold (PET/SPECT base from the functional image); "
-                   "pair it with --w-colour so the network's own base stays defined.")
+                   "pair it with --w-fov so the network's own output stays independent of the field of view.")
 @click.option("--shifted-val", default=1, show_default=True, type=click.IntRange(min=0),
               help="Transformed copies (palette, contrast, resolution) of each colour validation pair.")
 def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, init, device, seed, max_minutes,

@@ -261,8 +261,8 @@ class FusionLoss(torch.nn.Module):
         """``mask``: the functional source's coloured pixels (N×1×H×W), for L_COLOUR.
         ``raw``: the network's output before the colour hold, when ``f`` is after it. L_COLOUR
         is then taken on ``raw``: the held output has the functional base by construction,
-        and without a target there the network's own base drifts with the field of view
-        (a 512² PET fused in 256² tiles differed from whole by 31.9 dB PSNR)."""
+        so this pins the network's own base to the functional image (the field-of-view term
+        in :func:`cminet.train.scored_output` keeps it independent of the crop instead)."""
         l_ssim = 1.0 - ssim(f, torch.maximum(a, b))
         target_grad = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
         l_tex = (gradient_magnitude(f) - target_grad).abs().mean()

@@ -29,7 +29,8 @@ The step is local (a few px) and runs once on the whole fused image, after any t
 the output does not depend on the field of view. CT and grey inputs have no weight map and
 are left as the network made them. ``cminet train --colour-hold`` runs the same step in torch
 (:func:`cminet.losses.colour_hold`), so the network learns to give the detail; the shipped
-weights were trained without it (README, "The shipped weights", for why).
+weights were trained through it, with ``--w-fov`` keeping their own output independent of
+the field of view (README, "The shipped weights").
 
 Colour space: CIE 1976 L*a*b* from sRGB (IEC 61966-2-1 transfer function and sRGB→XYZ
 matrix, D65 white) with the CIE 15:2004 (§8.2.1) Lab formula.

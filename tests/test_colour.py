@@ -248,9 +248,10 @@ def test_training_holds_exactly_as_the_runtime_does():
 def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
     """End to end through the torch-free Fuser and the torch model: on the shipped samples the
     hold takes the fused colours closer to the PET/SPECT than the bare network's output
-    (measured ColourDE 23.1 vs 29.8 PET, 15.4 vs 17.6 SPECT; the Laplacian pyramid's 15.2 and
-    12.6 are not reached, issue #15), and the classical rules are not held (they are what
-    cminet is compared against)."""
+    (measured ColourDE 14.4 vs 19.1 PET, 12.6 vs 13.9 SPECT with the weights trained through
+    the hold; 23.1 vs 29.8 and 15.4 vs 17.6 with the previous ones), level with the Laplacian
+    pyramid's 15.2 and 12.6 (issue #15's target), and the classical rules are not held (they
+    are what cminet is compared against)."""
     from cminet.baselines import BaselineFuser, laplacian_pyramid
     from cminet.fusion import TorchFuser
     from cminet.runtime import Fuser
@@ -266,9 +267,10 @@ def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
         bare = colour_fidelity(other, finish_output(ort.infer(pair.mri[None, None], pair.other[None, None])[0, 0],
                                                     pair.chroma))["ColourDE"]
         assert ours == pytest.approx(colour_fidelity(other, torch_fuser.fuse(mri, other))["ColourDE"], abs=0.1)
-        assert ours < bare - 1.5, pair_type
+        assert ours < bare - 1.0, pair_type
         plain = finish_output(laplacian_pyramid(pair.mri, pair.other), pair.chroma)
         assert np.array_equal(laplacian.fuse(mri, other), plain)
+        assert ours < colour_fidelity(other, plain)["ColourDE"] + 0.5, pair_type
 
 
 def test_colour_term_pins_the_network_output_under_the_hold():

@@ -102,7 +102,7 @@ def test_torchrun_cminet_train_writes_one_run_and_resumes(tmp_path):
     init = tiny_checkpoint(tmp_path / "tiny.safetensors")  # --init brings the tiny config
     out = tmp_path / "run"
     args = ["-m", "cminet", "train", "--data", root, "--out", out, "--device", "cpu", "--init", init,
-            "--batch-size", "2", "--crop", "48", "--lr", "1e-3", "--epochs", "1", "--w-fov", "10"]
+            "--batch-size", "2", "--crop", "48", "--lr", "1e-3", "--w-fov", "10", "--epochs", "1"]
     first = torchrun(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     # Only rank 0 logs and writes: one epoch line, one log row per epoch, one set of files.
