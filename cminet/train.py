@@ -157,6 +157,7 @@ def fused_output(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask:
 
 
 FOV_MARGIN = 8  # px: next to a window's border the network legitimately sees less context
+FOV_MIN_SIDE = 32  # px: the smallest window compared (its interior is 2·FOV_MARGIN px narrower)
 
 
 def field_of_view_gap(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, raw: torch.Tensor,
@@ -171,7 +172,7 @@ def field_of_view_gap(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, 
     with the field of view there. The window is half the batch's side (a multiple of the
     patch size), at a random place (``random``) or the centre."""
     height, width = a.shape[-2:]
-    side = max(32, min(height, width) // 2 // 8 * 8)
+    side = max(FOV_MIN_SIDE, min(height, width) // 2 // 8 * 8)
     if side >= min(height, width):  # the window would be the whole batch
         return raw.new_zeros(())
     if random:

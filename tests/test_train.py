@@ -118,7 +118,7 @@ class _GlobalMeanModel(torch.nn.Module):
 
 
 def test_field_of_view_gap_measures_dependence_on_how_much_image_the_network_sees():
-    from cminet.train import FOV_MARGIN, field_of_view_gap
+    from cminet.train import FOV_MARGIN, FOV_MIN_SIDE, field_of_view_gap
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(2, 1, 64, 64, generator=g)
@@ -132,8 +132,8 @@ def test_field_of_view_gap_measures_dependence_on_how_much_image_the_network_see
         window = a[..., 16:48, 16:48]  # the centre window: half the side
         expected = (0.5 * (window.mean(dim=(2, 3)) - a.mean(dim=(2, 3)))).abs().mean().item()
     assert gap == pytest.approx(expected, rel=1e-5) and gap > 0.01
-    assert 2 * FOV_MARGIN < 32  # the compared interior is not empty at the smallest window
-    tiny = torch.rand(1, 1, 32, 32)  # the smallest window is the whole image: nothing to compare
+    assert 2 * FOV_MARGIN < FOV_MIN_SIDE  # the compared interior is not empty at the smallest window
+    tiny = torch.rand(1, 1, FOV_MIN_SIDE, FOV_MIN_SIDE)  # the smallest window is the whole image: nothing to compare
     assert field_of_view_gap(model, tiny, tiny, model(tiny, tiny)).item() == 0.0
 
 
