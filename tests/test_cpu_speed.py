@@ -48,6 +48,58 @@ def test_ov_cpu_matches_pytorch_within_the_fp32_tolerance(random_export):
 
 
 @needs_openvino
+def test_ov_cpu_splits_convolutions_over_concatenations_exactly(random_export, random_model):
+    import openvino as ov
+
+    from cminet.runtime.backends.openvino import split_concat_convolutions
+
+    def concat_convs(model):
+        return [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"
+                and op.input_value(0).get_node().get_type_name() == "Concat"]
+
+    model = ov.Core().read_model(str(random_export["fp32"]))
+    before = concat_convs(model)
+    cfg = random_model.config
+    # Per interaction: the dense layers after the first, the 1×1 fusion and every GDA merge; plus
+    # the head. Not the spatial attention's 7×7 conv over its 2-channel (mean, max) map.
+    expected = cfg.interactions * (2 * cfg.dense_layers) + 1
+    assert split_concat_convolutions(model) == expected
+    left = concat_convs(model)
+    assert len(left) == len(before) - expected
+    assert all(op.input_value(0).get_partial_shape()[1].get_length() == 2 for op in left)
+    # The rewritten graph computes the same function (the FP32 drift test runs it end to end).
+    backend = open_backend("ov-cpu", random_export["fp32"], threads=1)
+    assert backend.info()["split_concat_convolutions"] == expected
+    backend.close()
+
+
+@needs_openvino
+def test_ov_cpu_compiles_each_input_shape_statically_and_keeps_the_last_few(random_export, monkeypatch):
+    from cminet.runtime.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "STATIC_SHAPES_KEPT", 2)
+    backend = open_backend("ov-cpu", random_export["fp32"], threads=1)
+    try:
+        rng = np.random.default_rng(1)
+        outputs = {}
+        for shape in [(1, 1, 32, 48), (2, 1, 24, 16), (1, 1, 40, 40)]:
+            a, b = (rng.random(shape, dtype=np.float32) for _ in range(2))
+            outputs[shape] = (a, b, backend.run(a, b))
+            port = backend.requests[shape].get_compiled_model().inputs[0]
+            assert port.get_partial_shape().is_static and tuple(port.get_shape()) == shape
+        assert list(backend.requests) == [(2, 1, 24, 16), (1, 1, 40, 40)]  # the oldest shape dropped
+        backend.run(*outputs[(2, 1, 24, 16)][:2])  # used again: now the most recent
+        a, b, before = outputs[(1, 1, 32, 48)]
+        again = backend.run(a, b)
+        np.testing.assert_array_equal(again, before)  # compiled again: the same numbers
+        assert list(backend.requests) == [(2, 1, 24, 16), (1, 1, 32, 48)]  # least recently used dropped
+        backend.run(b, a)
+        np.testing.assert_array_equal(again, before)  # run() returns a copy, not the request's buffer
+    finally:
+        backend.close()
+
+
+@needs_openvino
 def test_ov_cpu_refuses_what_it_cannot_run(random_export, tmp_path):
     with pytest.raises(BackendUnavailable, match="runs FP32 ONNX") as info:
         open_backend("ov-cpu", random_export["fp16"])
@@ -120,6 +172,10 @@ def test_auto_measures_once_then_uses_the_cache(fresh_choice, random_export, mon
     with Fuser(random_export["fp32"], threads=2) as fuser:
         assert fuser.backend.name == "ov-cpu"
     assert len(measured) == 1
+    # A change in how our own code runs a candidate invalidates what was measured before it.
+    monkeypatch.setattr(choice, "MEASURE_VERSION", choice.MEASURE_VERSION + 1)
+    assert choice.cpu_backend(random_export["fp32"], 2, measure=fake) == "ov-cpu"
+    assert len(measured) == 2
 
 
 @needs_openvino

@@ -38,6 +38,9 @@ PROBE_SIZE = 256  # the issue's reference size; large enough that per-call overh
 ROUNDS = 5  # interleaved rounds; each runs every candidate twice, the second timed
 CACHE_FILE = "cpu_backend.json"
 OVERRIDE_ENV = "CMINET_CPU_BACKEND"  # pins the choice (and skips the measurement)
+# Part of the cache key: bump it when a candidate's speed changes in our own code, so verdicts
+# measured before are not reused (2: ov-cpu compiles each input shape statically).
+MEASURE_VERSION = 2
 
 
 def cache_path() -> Path:
@@ -58,7 +61,8 @@ def choice_key(path: Path, threads: int) -> str:
         except metadata.PackageNotFoundError:
             versions.append(f"{dist}=none")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return "|".join([digest, _cpu_name(), f"{os.cpu_count()} cpus", f"{threads} threads", *versions])
+    return "|".join([digest, _cpu_name(), f"{os.cpu_count()} cpus", f"{threads} threads", *versions,
+                     f"measure v{MEASURE_VERSION}"])
 
 
 def interleaved_medians(runners: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
