@@ -100,6 +100,24 @@ def test_ov_cpu_compiles_each_input_shape_statically_and_keeps_the_last_few(rand
 
 
 @needs_openvino
+def test_ov_cpu_serves_several_threads_at_once(random_export):
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = open_backend("ov-cpu", random_export["fp32"], threads=1)
+    try:
+        rng = np.random.default_rng(2)
+        jobs = [tuple(rng.random(shape, dtype=np.float32) for _ in range(2))
+                for shape in [(1, 1, 32, 32), (1, 1, 48, 32)] * 4]
+        alone = [backend.run(a, b) for a, b in jobs]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda job: backend.run(*job), jobs))
+        for one, other in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(one, other)
+    finally:
+        backend.close()
+
+
+@needs_openvino
 def test_ov_cpu_refuses_what_it_cannot_run(random_export, tmp_path):
     with pytest.raises(BackendUnavailable, match="runs FP32 ONNX") as info:
         open_backend("ov-cpu", random_export["fp16"])

@@ -25,6 +25,7 @@ kept; an older one is compiled again if it comes back.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -140,6 +141,9 @@ class OpenVINOBackend(Backend):
         self.core, self.model = core, model
         self.config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads}
         self.requests: OrderedDict[tuple[int, ...], ov.InferRequest] = OrderedDict()  # by input shape
+        # One request per shape, and an infer request is not re-entrant: calls from several
+        # threads (a server's workers) take turns, like the TensorRT backend's one context.
+        self._lock = threading.Lock()
         self.device_name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
 
     def request_for(self, shape: tuple[int, ...]) -> ov.InferRequest:
@@ -161,17 +165,19 @@ class OpenVINOBackend(Backend):
         return request
 
     def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
-        request = self.request_for(tuple(mri.shape))
-        request.infer(dict(zip(INPUT_NAMES, (mri, other), strict=True)))
-        out = request.get_output_tensor(0).data
-        if out.shape != mri.shape:  # a graph that is not the fusion network
-            raise ModelFileError(f"{self.path}: the model returned shape {tuple(out.shape)} for input "
-                                 f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
-        return np.array(out, dtype=np.float32)  # a copy: the request reuses its buffer next call
+        with self._lock:
+            request = self.request_for(tuple(mri.shape))
+            request.infer(dict(zip(INPUT_NAMES, (mri, other), strict=True)))
+            out = request.get_output_tensor(0).data
+            if out.shape != mri.shape:  # a graph that is not the fusion network
+                raise ModelFileError(f"{self.path}: the model returned shape {tuple(out.shape)} for input "
+                                     f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
+            return np.array(out, dtype=np.float32)  # a copy: the request reuses its buffer next call
 
     def info(self) -> dict:
-        shape = next(reversed(self.requests), (1, IO_CHANNELS, MIN_SIDE, MIN_SIDE))  # the last one run
-        compiled = self.request_for(shape).get_compiled_model()
+        with self._lock:
+            shape = next(reversed(self.requests), (1, IO_CHANNELS, MIN_SIDE, MIN_SIDE))  # the last one run
+            compiled = self.request_for(shape).get_compiled_model()
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: f32
         return {"openvino": ov.__version__, "device": self.device_name,
                 "threads": compiled.get_property("INFERENCE_NUM_THREADS"), "static_shapes": True,
@@ -179,4 +185,5 @@ class OpenVINOBackend(Backend):
                 "inference_precision": precision.to_string() if hasattr(precision, "to_string") else str(precision)}
 
     def close(self) -> None:
-        self.requests.clear()
+        with self._lock:
+            self.requests.clear()
