@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cminet.model import CMINet, CMINetConfig
-from cminet.runtime.errors import ModelFileError
+from cminet.runtime.errors import ModelFileError, first_line
 from cminet.runtime.files import atomic_output
 
 FORMAT = "cminet-v1"
@@ -85,8 +85,7 @@ def check_shapes(path: str | Path, config: CMINetConfig) -> None:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in CMINet(config).state_dict().items()}
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ModelFileError(f"{path}: not a usable cminet checkpoint ({first})") from None
+        raise ModelFileError(f"{path}: not a usable cminet checkpoint ({first_line(exc, 160)})") from None
     if stored != expected:
         missing = sorted(set(expected) - set(stored))
         wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])

@@ -3,6 +3,12 @@ device application can catch one type; the CLIs print them as one line without a
 traceback (``--debug`` shows it)."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when the message is empty),
+    cut to ``limit`` characters: what a one-line error keeps of a library's own error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class CMINetError(ValueError):
     """Base class: a problem with what the user gave us (a file, an image, an option)."""
 

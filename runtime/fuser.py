@@ -36,7 +36,7 @@ from .contract import (
     model_kind,
     shipped_onnx,
 )
-from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError
+from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError, first_line
 from .imaging import finish_fused, prepare_pair
 from .memory import NetworkShape, check_fits
 from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
@@ -158,9 +158,8 @@ class Fuser:
             raise SizeLimitError(f"{self.path}: out of memory for input {'×'.join(map(str, mri.shape))}; "
                                  "fuse() tiles large images") from None
         except Exception as exc:  # ORT / TensorRT raise their own types for a graph that cannot run this input
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelFileError(f"{self.path}: {self.backend.name} failed on input "
-                                 f"{'×'.join(map(str, mri.shape))} ({first})") from None
+                                 f"{'×'.join(map(str, mri.shape))} ({first_line(exc)})") from None
         if not isinstance(out, np.ndarray) or out.dtype.kind != "f" or out.shape != mri.shape:
             got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
             raise ModelFileError(f"{self.path}: the model returned {got} for input {tuple(mri.shape)} "

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..contract import AUTO_CPU_SPEEDUP, ContractError
 from ..cpuinfo import cpuinfo_field
-from ..errors import CMINetError
+from ..errors import CMINetError, first_line
 from ..files import write_text_atomic
 from .base import missing_requirement, open_backend
 
@@ -124,9 +124,8 @@ def cpu_backend(path: str | os.PathLike, threads: int | None = None,
     except CMINetError as exc:  # e.g. an FP16 model, which ov-cpu does not run: nothing to compare
         verdict = {"backend": CANDIDATES[0], "reason": str(exc)}
     except Exception as exc:  # OpenVINO failing on a model must not stop auto from fusing with ORT
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        warnings.warn(f"auto: ov-cpu could not be measured on {path} ({first}); using ort-cpu", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"auto: ov-cpu could not be measured on {path} ({first_line(exc)}); using ort-cpu",
+                      RuntimeWarning, stacklevel=2)
         return CANDIDATES[0]  # not cached: a later OpenVINO may run it
     known[key] = verdict
     try:

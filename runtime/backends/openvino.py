@@ -44,7 +44,7 @@ from ..contract import (
     ContractError,
     backend_spec,
 )
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 from .base import Backend, BackendUnavailable, profile_from_dims
 
 DEVICE = "CPU"
@@ -125,8 +125,7 @@ class OpenVINOBackend(Backend):
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError / its own types for unreadable files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         check_io_contract(model, path)
         self.path = path
         self.threads = threads or os.cpu_count() or 1
@@ -157,8 +156,8 @@ class OpenVINOBackend(Backend):
             static.reshape({name: list(shape) for name in INPUT_NAMES})
             request = self.core.compile_model(static, DEVICE, self.config).create_infer_request()
         except RuntimeError as exc:  # a shape the graph refuses, or a graph OpenVINO cannot compile
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelFileError(f"{self.path}: OpenVINO cannot compile it for input {shape} ({first[:200]})") from None
+            raise ModelFileError(f"{self.path}: OpenVINO cannot compile it for input {shape} "
+                                 f"({first_line(exc)})") from None
         self.requests[shape] = request
         while len(self.requests) > STATIC_SHAPES_KEPT:
             self.requests.popitem(last=False)
