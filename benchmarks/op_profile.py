@@ -61,20 +61,15 @@ def ort_op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int =
 def ov_op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int = 10,
                     threads: int | None = None) -> dict[str, float]:
     """{OpenVINO node type: share of measured time} over ``runs`` inferences (after one
-    warm-up), from the CPU plugin's performance counters, with ov-cpu's settings and graph
-    (concatenations split, compiled for this one input shape)."""
+    warm-up), from the CPU plugin's performance counters: the ov-cpu backend itself (its
+    settings and graph, compiled for this input shape) with the counters switched on."""
     import openvino as ov
 
-    from cminet.runtime.backends.openvino import split_concat_convolutions
-    from cminet.runtime.contract import INPUT_NAMES, OV_CPU_CONFIG
+    from cminet.runtime.backends.openvino import OpenVINOBackend
+    from cminet.runtime.contract import INPUT_NAMES
 
-    core = ov.Core()
-    config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1, "PERF_COUNT": True}
-    model = core.read_model(str(onnx_path))
-    split_concat_convolutions(model)
-    model.reshape({name: [1, 1, height, width] for name in INPUT_NAMES})
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
+    backend = OpenVINOBackend(Path(onnx_path), threads=threads, plugin_config={"PERF_COUNT": True})
+    request = backend.request_for((1, 1, height, width))
     feeds = dict(zip(INPUT_NAMES, _inputs(height, width, np.float32), strict=True))
     request.infer(feeds)
     totals: dict[str, float] = defaultdict(float)
@@ -83,4 +78,5 @@ def ov_op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int = 
         for info in request.get_profiling_info():  # counters of the last inference
             if info.status == ov.ProfilingInfo.Status.EXECUTED:
                 totals[info.node_type] += info.real_time.total_seconds()
+    backend.close()
     return _shares(totals)

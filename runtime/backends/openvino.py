@@ -115,7 +115,10 @@ def split_concat_convolutions(model: ov.Model, min_channels: int = SPLIT_MIN_CHA
 
 
 class OpenVINOBackend(Backend):
-    def __init__(self, path: Path, name: str = "ov-cpu", threads: int | None = None, **_options):
+    def __init__(self, path: Path, name: str = "ov-cpu", threads: int | None = None,
+                 plugin_config: dict | None = None, **_options):
+        """``plugin_config`` adds CPU-plugin properties to ov-cpu's own (``cminet-bench
+        --profile-ops`` turns on ``PERF_COUNT`` this way, so it profiles this very graph)."""
         self.name = backend_spec(name).name
         if self.name != "ov-cpu":
             raise BackendUnavailable(f"{self.name} is not an OpenVINO backend (ov-cpu)")
@@ -138,7 +141,7 @@ class OpenVINOBackend(Backend):
         self.profile = profile_from_dims([d.get_length() if d.is_static else None for d in shape])
         self.split_convolutions = split_concat_convolutions(model)
         self.core, self.model = core, model
-        self.config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads}
+        self.config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads, **(plugin_config or {})}
         self.requests: OrderedDict[tuple[int, ...], ov.InferRequest] = OrderedDict()  # by input shape
         # One request per shape, and an infer request is not re-entrant: calls from several
         # threads (a server's workers) take turns, like the TensorRT backend's one context.
