@@ -67,16 +67,11 @@ def interleaved(runners: dict[str, Callable[[], object]], blocks: int, per_block
               f"{min(block_medians[name]):.0f}-{max(block_medians[name]):.0f}")
 
 
-def ort_session(path: Path):
-    import onnxruntime as ort
+def ort_cpu():
+    """The runtime's own ort-cpu backend on the shipped ONNX (its session settings included)."""
+    from cminet.runtime.backends.base import open_backend
 
-    from cminet.runtime.contract import ORT_SESSION_CONFIG
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    for key, value in ORT_SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_backend("ort-cpu", SHIPPED_ONNX, threads=THREADS)
 
 
 def ov_static(args) -> None:
@@ -92,8 +87,8 @@ def ov_static(args) -> None:
     model = core.read_model(str(SHIPPED_ONNX))
     model.reshape({name: list(a.shape) for name in INPUT_NAMES})
     static = core.compile_model(model, "CPU", config).create_infer_request()
-    session = ort_session(SHIPPED_ONNX)
-    interleaved({"ort-cpu": lambda: session.run(None, feeds), "OpenVINO dynamic shapes": lambda: dynamic.infer(feeds),
+    ort = ort_cpu()
+    interleaved({"ort-cpu": lambda: ort.run(a, b), "OpenVINO dynamic shapes": lambda: dynamic.infer(feeds),
                  "OpenVINO static shape": lambda: static.infer(feeds)}, args.blocks)
 
 
@@ -164,10 +159,9 @@ def mnn(args) -> None:
         out = module.forward([expr.const(a, list(a.shape), expr.NCHW), expr.const(b, list(b.shape), expr.NCHW)])[0]
         return np.array(expr.convert(out, expr.NCHW).read(), copy=True).reshape(a.shape)
 
-    session = ort_session(SHIPPED_ONNX)
-    reference = session.run(None, {"mri": a, "other": b})[0]
-    print(f"MNN max |Δ| against ORT: {np.abs(run_mnn() - reference).max():.1e}")
-    interleaved({"ort-cpu": lambda: session.run(None, {"mri": a, "other": b}), "MNN": run_mnn}, args.blocks)
+    ort = ort_cpu()
+    print(f"MNN max |Δ| against ORT: {np.abs(run_mnn() - ort.run(a, b)).max():.1e}")
+    interleaved({"ort-cpu": lambda: ort.run(a, b), "MNN": run_mnn}, args.blocks)
 
 
 def ncnn(args) -> None:
@@ -225,9 +219,9 @@ def ncnn(args) -> None:
             return np.array(ex.extract("out0")[1]).reshape(a.shape)
         return run
 
-    session = ort_session(SHIPPED_ONNX)
-    reference = session.run(None, {"mri": a, "other": b})[0]
-    runners = {"ort-cpu": lambda: session.run(None, {"mri": a, "other": b})}
+    ort = ort_cpu()
+    reference = ort.run(a, b)
+    runners = {"ort-cpu": lambda: ort.run(a, b)}
     for label, net in nets.items():
         runners[label] = runner(net)
         print(f"{label} max |Δ| against ORT: {np.abs(runners[label]() - reference).max():.1e}")
