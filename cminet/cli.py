@@ -578,12 +578,13 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
     if "cminet" in split_pairs(methods):
         require("torch", "cminet evaluate --methods cminet")
     chosen = split_pairs(pairs) if pairs else discover_pairs(data)
-    refs = list_pairs(data, chosen, "train" if split == "val" else split)
     if split == "val":
         require("torch", "cminet evaluate --split val")
-        from cminet.data import split_validation
+        from cminet.data import validation_split
 
-        refs = split_validation(refs)[1]
+        refs = validation_split(data, chosen)[1]  # the cases `cminet train` holds out, whatever --pairs
+    else:
+        refs = list_pairs(data, chosen, split)
     if limit:
         per_type: dict = {}
         refs = [r for r in refs if per_type.setdefault(r.pair, []).append(r) or len(per_type[r.pair]) <= limit]

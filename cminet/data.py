@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cminet.augment import Augment, shifted_copies
 from cminet.runtime.errors import CMINetError
-from cminet.runtime.folders import PairRef
+from cminet.runtime.folders import PairRef, discover_pairs, list_pairs
 from cminet.runtime.imaging import prepare_pair, read_image
 
-__all__ = ["FusionPairs", "load_pair", "split_validation"]
+__all__ = ["FusionPairs", "load_pair", "split_validation", "validation_split"]
 
 def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     """Carve validation pairs out of the training pairs (never from the test split).
@@ -59,6 +60,23 @@ def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) 
                 train += slices[:cut]
                 val += slices[cut:]
     return train, val
+
+
+def validation_split(root, pairs, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
+    """(training, validation) pairs of the pair types ``pairs`` under ``root``: the train
+    split listed, carved by :func:`split_validation` over *every* pair type in ``root`` that
+    has a train split, then narrowed to ``pairs``.
+
+    Why every type: :func:`split_validation` draws the held-out cases of all types from one
+    seeded shuffle, so carving ``spect_mri`` alone picks other SPECT cases than carving all
+    three types does. ``cminet evaluate --split val --pairs spect_mri`` would then score
+    "validation" pairs that a run on all types trained on, and ``cminet train --pairs
+    spect_mri --init`` from such a run would validate on its training cases. Carved this way,
+    a type's validation cases depend on the data folder, not on ``--pairs``."""
+    every = [p for p in discover_pairs(root) if (Path(root) / p / "train.txt").is_file()]
+    train, val = split_validation(list_pairs(root, sorted({*every, *pairs}), "train"), fraction, seed)
+    keep = set(pairs)
+    return [r for r in train if r.pair in keep], [r for r in val if r.pair in keep]
 
 
 def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

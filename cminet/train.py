@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from cminet.augment import Augment
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from cminet.data import FusionPairs, split_validation
+from cminet.data import FusionPairs, validation_split
 from cminet.losses import FusionLoss, LossWeights, colour_hold
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
-from cminet.runtime.folders import PAIR_TYPES, list_pairs
+from cminet.runtime.folders import PAIR_TYPES
 
 
 @dataclass
@@ -261,8 +261,8 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
     out = Path(opts.out)
     say = print if dist.is_main else (lambda *args, **kwargs: None)
 
-    refs = list_pairs(opts.data, opts.pairs, "train")  # the test split is never read here
-    train_refs, val_refs = split_validation(refs, opts.val_fraction, opts.seed)
+    # the test split is never read here
+    train_refs, val_refs = validation_split(opts.data, opts.pairs, opts.val_fraction, opts.seed)
     train_set = FusionPairs(train_refs, crop=opts.crop, seed=opts.seed + dist.rank,
                             augment=Augment() if opts.augment else None)
     val_set = FusionPairs(val_refs, seed=opts.seed, shifted=opts.shifted_val)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cminet.data import split_validation
+from cminet.data import split_validation, validation_split
 from cminet.losses import FusionLoss, LossWeights, crop_vif, gradient_magnitude, qabf, ssim, vif
 from cminet.metrics import qabf as qabf_metric
 from cminet.metrics import ssim as ssim_metric
@@ -151,3 +151,28 @@ def test_split_is_repeatable(data_root):
     assert split_validation(refs) == split_validation(refs)
     test = set(list_pairs(data_root, ("ct_mri", "pet_mri", "spect_mri"), "test"))
     assert test.isdisjoint(refs)
+
+
+def _listed_dataset(root, layout: dict[str, int], slices: int = 5):
+    """Pair-type folders with a train.txt of ``cases`` cases × ``slices`` slices (no images:
+    carving validation reads the listing only)."""
+    for pair, cases in layout.items():
+        (root / pair / "mri").mkdir(parents=True)
+        (root / pair / "other").mkdir()
+        names = [f"{c}{s:03d}.png" for c in range(1, cases + 1) for s in range(slices)]
+        (root / pair / "train.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_a_types_validation_cases_do_not_depend_on_which_types_are_listed(tmp_path):
+    # One seeded shuffle draws the held-out cases of every type in turn, so carving spect_mri
+    # alone would hold out other SPECT cases than a run on all types did.
+    root = _listed_dataset(tmp_path, {"ct_mri": 8, "pet_mri": 3, "spect_mri": 12})
+    everything = list_pairs(root, ("ct_mri", "pet_mri", "spect_mri"), "train")
+    full_val = {r for r in split_validation(everything)[1] if r.pair == "spect_mri"}
+    alone = set(split_validation(list_pairs(root, ("spect_mri",), "train"))[1])
+    assert alone != full_val  # the hazard is real for this layout
+    train, val = validation_split(root, ["spect_mri"])
+    assert set(val) == full_val
+    assert {r.pair for r in train} == {"spect_mri"} and set(train).isdisjoint(val)
+    assert validation_split(root, ["ct_mri", "pet_mri", "spect_mri"]) == split_validation(everything)
