@@ -235,6 +235,8 @@ def evaluate(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> dict[str, float]:
 # input computes the same (the tests check it).
 
 COLOUR_METRICS = ("ColourDE", "LightRatio")
+
+
 def coloured_mask(source_rgb: np.ndarray, min_chroma: float = COLOURED_CHROMA) -> np.ndarray:
     """Pixels of a pseudo-colour image whose CIELAB chroma C*ab exceeds ``min_chroma``."""
     return chroma(source_rgb) > min_chroma
