@@ -176,3 +176,12 @@ def test_a_types_validation_cases_do_not_depend_on_which_types_are_listed(tmp_pa
     assert set(val) == full_val
     assert {r.pair for r in train} == {"spect_mri"} and set(train).isdisjoint(val)
     assert validation_split(root, ["ct_mri", "pet_mri", "spect_mri"]) == split_validation(everything)
+
+
+def test_validation_split_ignores_pair_types_without_a_train_split(tmp_path):
+    root = _listed_dataset(tmp_path, {"ct_mri": 8, "spect_mri": 12})
+    (root / "pet_mri" / "mri").mkdir(parents=True)  # a type with images but no train.txt
+    (root / "pet_mri" / "other").mkdir()
+    everything = list_pairs(root, ("ct_mri", "spect_mri"), "train")
+    assert validation_split(root, ["spect_mri"])[1] == [r for r in split_validation(everything)[1]
+                                                         if r.pair == "spect_mri"]
