@@ -51,7 +51,7 @@ def luma(image: np.ndarray) -> np.ndarray:
     return rgb_to_ycbcr(image)[..., 0] if image.ndim == 3 else image.astype(np.float64)
 
 
-def _variants(ref: PairRef, mri: np.ndarray, other: np.ndarray, shifted: int):
+def pair_variants(ref: PairRef, mri: np.ndarray, other: np.ndarray, shifted: int):
     """(name, MRI, other) for the pair as read and, for a colour pair, its shifted copies."""
     yield ref.name, mri, other
     if other.ndim == 3 and shifted:
@@ -76,7 +76,7 @@ def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod]
             failures.append((f"{ref.pair}/{ref.name}", str(exc)))
             continue
         images[ref] = {"MRI": mri0, "other": other0}
-        for name, mri, other in _variants(ref, mri0, other0, shifted):
+        for name, mri, other in pair_variants(ref, mri0, other0, shifted):
             copy = name != ref.name
             pair = prepare_pair(mri, other) if copy else as_read
             a, b = pair.mri * 255.0, pair.other * 255.0

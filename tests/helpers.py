@@ -22,15 +22,17 @@ def synthetic_pair(rng: np.random.Generator, size: int = 48, colour: bool = Fals
     return mri, other
 
 
-def write_dataset(root: Path, pairs=("ct_mri", "pet_mri"), n: int = 6, size: int = 48, seed: int = 0) -> Path:
-    """``root/<pair>/{mri,other}/<case><slice>.png`` with train.txt (all) and test.txt (last)."""
+def write_dataset(root: Path, pairs=("ct_mri", "pet_mri"), n: int = 6, size: int = 48, seed: int = 0,
+                  cases: int = 3) -> Path:
+    """``root/<pair>/{mri,other}/<case><slice>.png`` (``n`` pairs over ``cases`` cases) with
+    train.txt (all but the last) and test.txt (the last)."""
     rng = np.random.default_rng(seed)
     for pair in pairs:
         (root / pair / "mri").mkdir(parents=True, exist_ok=True)
         (root / pair / "other").mkdir(parents=True, exist_ok=True)
         names = []
         for i in range(n):
-            name = f"{i % 3 + 1}{i:03d}.png"  # three cases
+            name = f"{i % cases + 1}{i:03d}.png"
             mri, other = synthetic_pair(rng, size, colour=pair != "ct_mri")
             cv2.imwrite(str(root / pair / "mri" / name), mri)
             cv2.imwrite(str(root / pair / "other" / name), other[..., ::-1] if other.ndim == 3 else other)

@@ -62,25 +62,11 @@ def test_evaluate_reports_colour_fidelity_and_shifted_copies(tmp_path):
 def test_evaluate_val_of_one_type_scores_the_cases_a_full_run_held_out(tmp_path):
     # split_validation shuffles every type's cases with one RNG: `--pairs spect_mri` must
     # not re-carve SPECT alone (it would score pairs a run on all types trained on).
-    import cv2
-    import numpy as np
-
     from cminet.data import split_validation
     from cminet.runtime.folders import list_pairs
 
-    from .helpers import synthetic_pair
-
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for pair, cases in {"ct_mri": 8, "spect_mri": 12}.items():
-        (root / pair / "mri").mkdir(parents=True)
-        (root / pair / "other").mkdir()
-        names = [f"{c}001.png" for c in range(1, cases + 1)]
-        for name in names:
-            mri, other = synthetic_pair(rng, 32, colour=pair != "ct_mri")
-            cv2.imwrite(str(root / pair / "mri" / name), mri)
-            cv2.imwrite(str(root / pair / "other" / name), other[..., ::-1] if other.ndim == 3 else other)
-        (root / pair / "train.txt").write_text("\n".join(names) + "\n")
+    root = write_dataset(tmp_path / "data", pairs=("ct_mri",), n=9, size=32, cases=9)
+    write_dataset(root, pairs=("spect_mri",), n=13, size=32, cases=13)  # train.txt: 8 and 12 cases
     full = split_validation(list_pairs(root, ("ct_mri", "spect_mri"), "train"))[1]
     held_out = {r.name for r in full if r.pair == "spect_mri"}
     assert held_out != {r.name for r in split_validation(list_pairs(root, ("spect_mri",), "train"))[1]}

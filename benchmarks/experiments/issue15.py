@@ -1,4 +1,4 @@
-"""Issue #15 experiment behind the README's "SPECT colour: the re-centring grid": can a
+"""Issue #15 experiment behind the README's "A wider SPECT selection set": can a
 smooth lightness correction after the colour hold bring the fused SPECT (and PET) colours
 within the Laplacian pyramid's ColourDE while CMINet keeps the best mean rank? Scores the
 shipped network (ONNX Runtime, torch-free) on selection sets carved from the train split
@@ -7,7 +7,7 @@ only; the test split is never read. Not product code and not a test.
     python benchmarks/experiments/issue15.py grid --set val    --pair spect_mri
     python benchmarks/experiments/issue15.py grid --set train4 --pair spect_mri
     python benchmarks/experiments/issue15.py grid --set cases:3,11,35 --pair spect_mri --variants raw,h4
-    python benchmarks/experiments/issue15.py grid ... --json benchmarks/results/FILE.json  # append the rows
+    python benchmarks/experiments/issue15.py grid ... --json FILE.json  # append the rows
 
 Sets (each pair plus one shifted copy, as ``cminet evaluate --shifted 1``):
 
@@ -32,10 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cminet.augment import shifted_rgb_pair
 from cminet.baselines import BASELINES
 from cminet.data import validation_split
-from cminet.evaluate import RANKED, luma
+from cminet.evaluate import luma, pair_variants, rank, summarise
 from cminet.metrics import colour_fidelity, evaluate
 from cminet.runtime.colour import gaussian_kernel, hold_functional_base
 from cminet.runtime.fuser import Fuser
@@ -64,10 +63,8 @@ def scored_items(refs: list, shifted: int = 1) -> list[dict]:
     fuser = Fuser(backend="ort-cpu")
     items = []
     for ref in refs:
-        mri0, other0 = read_image(ref.mri_path), read_image(ref.other_path)
-        seed = sum(map(ord, f"{ref.pair}/{ref.name}"))  # the copies `cminet evaluate --shifted` scores
-        copies = [shifted_rgb_pair(mri0, other0, seed * 7919 + k)[:2] for k in range(shifted)]
-        for mri, other in [(mri0, other0), *copies]:
+        # the pair and the copies `cminet evaluate --shifted` scores
+        for _, mri, other in pair_variants(ref, read_image(ref.mri_path), read_image(ref.other_path), shifted):
             pair = prepare_pair(mri, other)
             base = {name: score(pair, other, finish_output(rule(pair.mri, pair.other), pair.chroma))
                     for name, rule in BASELINES.items()}
@@ -100,18 +97,17 @@ def finished(variant: str, raw: np.ndarray, pair) -> np.ndarray:
 
 
 def grid_row(items: list[dict], variant: str) -> dict:
-    """Mean metrics of CMINet (this variant) and the baselines, and the mean ranks."""
-    rows = {"cminet": [score(it["pair"], it["other"], finish_output(finished(variant, it["raw"], it["pair"]),
-                                                                    it["pair"].chroma)) for it in items]}
-    rows.update({name: [it["baselines"][name] for it in items] for name in BASELINES})
-    mean = {m: {k: float(np.nanmean([r[k] for r in rs])) for k in rs[0]} for m, rs in rows.items()}
-    rank = {m: 0.0 for m in mean}
-    for metric in RANKED:
-        for position, m in enumerate(sorted(mean, key=lambda m: -mean[m][metric]), start=1):
-            rank[m] += position / len(RANKED)
-    best = min(rank.values())
-    return {"variant": variant, "n": len(items), "mean": mean, "mean_rank": rank,
-            "best_outright": [m for m in rank if rank[m] == best] == ["cminet"]}
+    """Mean metrics of CMINet (this variant) and the baselines, and the mean ranks
+    (:func:`cminet.evaluate.summarise` and :func:`~cminet.evaluate.rank`, as `cminet evaluate`)."""
+    rows = [{"pair": "set", "method": "cminet", **score(it["pair"], it["other"], finish_output(
+        finished(variant, it["raw"], it["pair"]), it["pair"].chroma))} for it in items]
+    rows += [{"pair": "set", "method": name, **it["baselines"][name]} for it in items for name in BASELINES]
+    summary = summarise(rows)
+    ranks = rank(summary)["set"]
+    mean = {m: {k: v["mean"] for k, v in stats.items()} for m, stats in summary["set"].items()}
+    return {"variant": variant, "n": len(items), "mean": mean,
+            "mean_rank": {m: r["mean_rank"] for m, r in ranks["ranks"].items()},
+            "best_outright": ranks["best"] == "cminet"}
 
 
 def main() -> None:
