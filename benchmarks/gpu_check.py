@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib import util
 from pathlib import Path
 from typing import Any
@@ -381,7 +381,7 @@ class Check:
     def machine(self) -> dict:
         info: dict[str, Any] = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
                                 "versions": versions(), "git_commit": git_commit(),
-                                "date": datetime.now(UTC).isoformat(timespec="seconds")}
+                                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if self.cuda is not None:
             with self.cuda.activate():
                 device = self.cuda.device_info()

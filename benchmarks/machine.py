@@ -7,7 +7,7 @@ import platform
 import re
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -90,7 +90,7 @@ def describe() -> dict:
         "platform": platform.platform(),
         "versions": versions(),
         "git_commit": git_commit(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     info["matmul_peak_gflops"] = round(matmul_peak_in_subprocess(), 1)
     return info

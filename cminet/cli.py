@@ -110,6 +110,12 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {one_line(str(message))}", err=True)
 
 
+# click 8.2 raises NoArgsIsHelpError for a bare group and leaves showing it to the caller; click
+# 8.1 prints the help itself and exits 0, so it never reaches the handler (and has no such class).
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    filter(None, [getattr(click.exceptions, "NoArgsIsHelpError", None)]))
+
+
 class _Boundary:
     """Mixin for click commands: runs ``main`` inside the error boundary and gives every
     command the ``--debug`` option."""
@@ -128,7 +134,7 @@ class _Boundary:
                 if not debug:
                     warnings.showwarning = _warning_line
                 result = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # bare `cminet`: the help, as click shows it
+        except _NO_ARGS_IS_HELP as exc:  # bare `cminet` on click 8.2+: the help, as click shows it
             exc.show()
             sys.exit(exc.exit_code)
         except OSError as exc:
@@ -236,9 +242,30 @@ def main() -> None:
 
     \b
     Typical session:
+      cminet doctor                            # what this machine has, what to install
       cminet info                              # model size and cost
       cminet fuse MRI.png PET.png -o fused.png # fuse one pair with the shipped weights
     """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts and bug reports).")
+def doctor(as_json: bool) -> None:
+    """Check this environment: libraries, GPU, usable backends, shipped models, what to install.
+
+    Torch-free; a library that is installed but broken is one line of the report. Exit status 1
+    when something the base runtime needs is missing or broken, else 0.
+    """
+    from cminet.runtime.doctor import diagnose, render
+
+    report = diagnose()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(render(report))
+    sys.exit(1 if report.fixes() else 0)
 
 
 @main.command()

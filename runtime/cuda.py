@@ -65,6 +65,10 @@ class CudaApi(ABC):
     def device_info(self) -> DeviceInfo: ...
 
     @abstractmethod
+    def driver_version(self) -> str:
+        """The newest CUDA the installed driver supports, e.g. "12.6" (JetPack 6)."""
+
+    @abstractmethod
     def malloc(self, nbytes: int) -> int: ...
 
     @abstractmethod
@@ -151,7 +155,7 @@ class CudaPython(CudaApi):
 
     def _driver_mismatch(self) -> str:
         err, version = self.rt.cudaDriverGetVersion()
-        driver = f"CUDA {version // 1000}.{version % 1000 // 10}" if int(err) == 0 else "an older CUDA"
+        driver = f"CUDA {_cuda_version(version)}" if int(err) == 0 else "an older CUDA"
         fix = CUDA_PYTHON_FOR_CUDA12 if int(err) == 0 and version < 13000 else "a cuda-python matching the driver"
         return (f"cuda-python {self.version} needs a newer driver than this one ({driver}): "
                 f"pip install '{fix}'")
@@ -172,6 +176,9 @@ class CudaPython(CudaApi):
         raw = prop.name
         name = raw.decode(errors="replace") if isinstance(raw, bytes | bytearray) else str(raw)
         return DeviceInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", prop.totalGlobalMem / 2**20)
+
+    def driver_version(self) -> str:
+        return _cuda_version(self._check("cudaDriverGetVersion", self.rt.cudaDriverGetVersion()))
 
     def malloc(self, nbytes: int) -> int:
         return int(self._check("cudaMalloc", self.rt.cudaMalloc(max(nbytes, 1))))
@@ -267,6 +274,9 @@ class PyCuda(CudaApi):
         major, minor = dev.compute_capability()
         return DeviceInfo(dev.name(), f"{major}.{minor}", dev.total_memory() / 2**20)
 
+    def driver_version(self) -> str:
+        return _cuda_version(self.drv.get_driver_version())
+
     def malloc(self, nbytes: int) -> int:
         alloc = self.drv.mem_alloc(max(nbytes, 1))
         with self._lock:
@@ -327,6 +337,11 @@ class PyCuda(CudaApi):
                 for alloc in allocs.values():
                     alloc.free()
         self.ctx.detach()
+
+
+def _cuda_version(encoded: int) -> str:
+    """CUDA's integer version (1000 × major + 10 × minor) as "major.minor"."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
 
 
 def _explain_missing_bindings() -> str:

@@ -134,6 +134,15 @@ def check_png(data: bytes, path: Path | str) -> tuple[int, int, int]:
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type → samples per pixel
 _STDERR_LOCK = threading.Lock()
 
+# OpenCV's log level lives in two places: cv2.utils.logging from 4.12 on (and only there in 5.x),
+# cv2.getLogLevel / cv2.setLogLevel before that (4.8 on JetPack 6, 4.11 beside numpy < 2). The
+# numbers are the same in both: cv::utils::logging::LOG_LEVEL_WARNING is 3.
+if hasattr(cv2.utils, "logging"):
+    _get_cv_log_level, _set_cv_log_level = cv2.utils.logging.getLogLevel, cv2.utils.logging.setLogLevel
+else:
+    _get_cv_log_level, _set_cv_log_level = cv2.getLogLevel, cv2.setLogLevel
+_CV_LOG_LEVEL_WARNING = 3
+
 
 @contextmanager
 def native_messages() -> Iterator[list[str]]:
@@ -141,7 +150,7 @@ def native_messages() -> Iterator[list[str]]:
     the block instead of letting it reach the terminal; the lines are in the yielded list
     afterwards. Serialised by a lock: the descriptor is process-wide."""
     lines: list[str] = []
-    previous = cv2.utils.logging.getLogLevel()
+    previous = _get_cv_log_level()
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
         try:
             saved = os.dup(2)
@@ -149,11 +158,11 @@ def native_messages() -> Iterator[list[str]]:
             yield lines
             return
         os.dup2(sink.fileno(), 2)
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+        _set_cv_log_level(_CV_LOG_LEVEL_WARNING)
         try:
             yield lines
         finally:
-            cv2.utils.logging.setLogLevel(previous)
+            _set_cv_log_level(previous)
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)

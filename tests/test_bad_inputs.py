@@ -202,6 +202,7 @@ def test_cli_refuses_bad_input_in_one_line(case, assets, tmp_path, monkeypatch):
     assert snapshot(tmp_path, assets) == before, "a file was left behind"
 
 
+@pytest.mark.torch_free
 def test_the_matrix_is_large_enough():
     tools = {c.tool for c in CLI_CASES}
     assert len(CLI_CASES) + len(API_CASES) + len(TORCH_FREE_CASES) >= 60 and tools == set(TOOLS)
@@ -292,6 +293,7 @@ def test_a_symlink_is_followed_and_kept(assets, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["link.png", "real.png"]
 
 
+@pytest.mark.torch_free
 def test_errors_name_the_users_path_not_the_temporary_file(tmp_path):
     """A failing write (a full disk) names the user's path and takes back the temporary file
     and the folders it created."""

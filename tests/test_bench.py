@@ -12,6 +12,7 @@ from cminet.runtime.contract import TOLERANCES
 from .helpers import tiny_checkpoint
 
 
+@pytest.mark.torch_free
 def test_percentiles_on_known_samples():
     s = latency_summary(list(range(1, 101)))  # 1..100 ms
     assert s["p50"] == pytest.approx(50.5)
@@ -23,6 +24,7 @@ def test_percentiles_on_known_samples():
         latency_summary([])
 
 
+@pytest.mark.torch_free
 def test_scaling_exponent_and_psnr():
     pixels = [64**2, 128**2, 256**2]
     assert fit_exponent(pixels, [3 * p for p in pixels]) == pytest.approx(1.0)
@@ -32,6 +34,7 @@ def test_scaling_exponent_and_psnr():
     assert psnr(x, x + 0.1) == pytest.approx(20.0)
 
 
+@pytest.mark.torch_free
 def test_roofline_on_a_made_up_device():
     dev = DeviceProfile("toy", "Toy GPU", fp32_tflops=1.0, fp16_tflops=4.0, bandwidth_gbs=100.0, memory_gb=1,
                         source="made up")
@@ -42,6 +45,7 @@ def test_roofline_on_a_made_up_device():
     assert memory["kind"] == "estimate" and memory["ridge_point"] == pytest.approx(10.0)
 
 
+@pytest.mark.torch_free
 def test_shipped_profiles_are_complete():
     profiles = load_profiles()
     assert {"orin-nano-8gb", "orin-nx-16gb", "agx-orin-64gb", "t4", "rtx-3090", "a100", "h100"} <= set(profiles)
@@ -75,6 +79,7 @@ def test_run_benchmark_api_measures_latency_and_drift(tmp_path):
     assert report["skipped"] == []
 
 
+@pytest.mark.torch_free
 def test_cli_prints_the_table_and_estimates(tmp_path, monkeypatch):
     """The printer on a canned report (the measuring is run_benchmark's, tested above)."""
     from cminet.benchmarks import cli

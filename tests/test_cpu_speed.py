@@ -156,12 +156,14 @@ def fresh_choice(tmp_path, monkeypatch):
     return tmp_path / "cache" / "cminet" / choice.CACHE_FILE
 
 
+@pytest.mark.torch_free
 def test_pick_needs_a_clear_win_for_openvino():
     assert choice.pick({"ort-cpu": 0.100, "ov-cpu": 0.089}) == "ov-cpu"
     assert choice.pick({"ort-cpu": 0.100, "ov-cpu": 0.095}) == "ort-cpu"  # within noise: the base install
     assert choice.pick({"ort-cpu": 0.100, "ov-cpu": 0.200}) == "ort-cpu"
 
 
+@pytest.mark.torch_free
 def test_interleaved_medians_alternate_the_order():
     calls = []
     medians = choice.interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2)
@@ -251,6 +253,7 @@ def _raw(cminet_ms, ifcnn_ms, rates):
                                     "ov-cpu": [200.0] * len(rates), "IFCNN ort-cpu": ifcnn_ms}}]}
 
 
+@pytest.mark.torch_free
 def test_goal_ratio_and_ifcnn_ratio_from_interleaved_blocks():
     from cminet.benchmarks.versus_peak import summarise
 
@@ -271,6 +274,7 @@ def test_goal_ratio_and_ifcnn_ratio_from_interleaved_blocks():
     assert slow["fastest"] == "ov-cpu" and slow["goal_ratio"] == pytest.approx(2.5)
 
 
+@pytest.mark.torch_free
 def test_goal_check_on_bench_rows():
     from cminet.benchmarks.bench import goal_check
 
@@ -328,6 +332,7 @@ def test_op_profiles_of_both_runtimes(random_export):
 
 
 # -- INT8: only where the CPU has VNNI/AMX ------------------------------------------------
+@pytest.mark.torch_free
 def test_int8_gate_reads_the_cpu_flags():
     from cminet.export.int8 import int8_support
 

@@ -1,6 +1,7 @@
 import csv
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from cminet.cli import main
@@ -31,6 +32,7 @@ def test_evaluate_writes_tables_sheet_and_ranks(tmp_path):
     assert (out / "comparison.png").stat().st_size > 1000
 
 
+@pytest.mark.torch_free
 def test_rank_orders_by_mean_rank():
     def stats(mi, vif, qabf, sf):
         return {k: {"mean": v} for k, v in zip(("MI", "VIF", "Qabf", "SF"), (mi, vif, qabf, sf), strict=True)}
@@ -41,6 +43,7 @@ def test_rank_orders_by_mean_rank():
     assert ranks["best"] == "c"
 
 
+@pytest.mark.torch_free
 def test_evaluate_reports_colour_fidelity_and_shifted_copies(tmp_path):
     root = write_dataset(tmp_path / "data", n=4)
     out = tmp_path / "eval"

@@ -89,6 +89,7 @@ def test_missing_and_corrupt_weights(tmp_path):
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.torch_free
 def test_errors_have_no_traceback_in_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cminet.cli", "fuse", str(tmp_path / "x.png"), str(CT), "-o",
                            str(tmp_path / "o.png")], capture_output=True, text=True)

@@ -160,6 +160,7 @@ def test_loaders_survive_fuzzed_files(fuzz_cases):
     assert max(r["seconds"] for r in results) < 30
 
 
+@pytest.mark.torch_free
 def test_a_png_header_declaring_too_many_pixels_is_refused_before_decoding(tmp_path):
     from cminet.runtime.errors import SizeLimitError
     from cminet.runtime.imaging import read_image

@@ -269,6 +269,7 @@ def test_builder_cli_rejects_bad_profiles_in_one_line(fp16_onnx, tmp_path, argv,
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.torch_free
 def test_bindings_too_old_or_too_new_for_the_driver_say_what_to_install():
     """Audit item 6: cuda-python before 12.6.1 has no cuda.bindings; 13.x on a CUDA 12 driver
     fails with cudaErrorInsufficientDriver. Both name the pin that works."""
@@ -289,6 +290,7 @@ def test_bindings_too_old_or_too_new_for_the_driver_say_what_to_install():
         assert_all_released(gpu)
 
 
+@pytest.mark.torch_free
 def test_extras_pin_cuda_python_per_platform():
     """Audit item 6: 12.6.1 or newer everywhere; below 13 on aarch64 (JetPack 6's CUDA 12 driver)."""
     from packaging.requirements import Requirement
@@ -306,6 +308,7 @@ def test_extras_pin_cuda_python_per_platform():
 
 
 # -- ONNX Runtime's TensorRT provider (audit item 7) ------------------------------------------
+@pytest.mark.torch_free
 def test_ort_trt_provider_keeps_strong_typing_and_gets_the_profile():
     from cminet.runtime.backends.onnxruntime import provider_chain
 
@@ -319,6 +322,7 @@ def test_ort_trt_provider_keeps_strong_typing_and_gets_the_profile():
     assert trt["trt_profile_max_shapes"] == "mri:4x1x1024x1024,other:4x1x1024x1024"
 
 
+@pytest.mark.torch_free
 def test_ort_io_binding_puts_the_output_on_the_sessions_device():
     from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -384,6 +388,7 @@ def test_cminet_export_engine_yes_builds_on_the_doubles(tmp_path):
 
 
 # -- make gpu-check ---------------------------------------------------------------------------
+@pytest.mark.torch_free
 def test_gpu_check_without_a_gpu_exits_0_and_says_so(tmp_path):
     proc = subprocess.run(["make", "-s", "gpu-check", f"PYTHON={sys.executable}", f"GPU_CHECK_ARGS=--out {tmp_path}"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -27,6 +27,7 @@ def textured():
     return np.clip(a, 0, 255), b
 
 
+@pytest.mark.torch_free
 def test_evaluate_returns_exactly_the_nine_metrics(textured):
     a, b = textured
     result = evaluate(a, b, (a + b) / 2)
@@ -34,6 +35,7 @@ def test_evaluate_returns_exactly_the_nine_metrics(textured):
     assert all(math.isfinite(v) for v in result.values())
 
 
+@pytest.mark.torch_free
 def test_constant_images():
     c = np.full((32, 32), 100.0)
     assert entropy(c) == 0.0
@@ -44,6 +46,7 @@ def test_constant_images():
     assert qabf(zero, zero, zero) == 0.0  # no edges anywhere: nothing to transfer
 
 
+@pytest.mark.torch_free
 def test_identical_sources_and_fusion(textured):
     a, _ = textured
     r = evaluate(a, a, a)
@@ -57,24 +60,28 @@ def test_identical_sources_and_fusion(textured):
     assert r["Qabf"] == pytest.approx(perfect, rel=1e-9)
 
 
+@pytest.mark.torch_free
 def test_spatial_frequency_of_a_ramp_by_hand():
     ramp = np.tile(np.arange(8, dtype=float) * 3, (5, 1))  # +3 per column, rows equal
     assert spatial_frequency(ramp) == pytest.approx(3.0)  # RF = 3, CF = 0
     assert spatial_frequency(ramp.T) == pytest.approx(3.0)
 
 
+@pytest.mark.torch_free
 def test_average_gradient_of_a_ramp_by_hand():
     ramp = np.tile(np.arange(6, dtype=float) * 2, (4, 1))  # gradient 2 everywhere (also at borders)
     expected = (np.sqrt(4 / 2) * 24) / (3 * 5)
     assert average_gradient(ramp) == pytest.approx(expected)
 
 
+@pytest.mark.torch_free
 def test_entropy_of_two_equal_levels_is_one_bit():
     x = np.zeros((4, 4))
     x[:, :2] = 255
     assert entropy(x) == pytest.approx(1.0)
 
 
+@pytest.mark.torch_free
 def test_symmetry_in_the_sources(textured):
     a, b = textured
     f = (a + b) / 2
@@ -83,12 +90,14 @@ def test_symmetry_in_the_sources(textured):
         assert ab[key] == pytest.approx(ba[key], rel=1e-9), key
 
 
+@pytest.mark.torch_free
 def test_better_fusion_scores_higher(textured):
     a, b = textured
     noisy = np.clip((a + b) / 2 + np.random.default_rng(1).normal(0, 40, a.shape), 0, 255)
     assert qabf(a, b, laplacian_pyramid(a / 255, b / 255) * 255) > qabf(a, b, noisy)
 
 
+@pytest.mark.torch_free
 def test_baselines_on_tiny_arrays():
     a = np.array([[0.0, 0.2], [0.4, 1.0]])
     b = np.array([[0.5, 0.1], [0.4, 0.0]])
@@ -98,6 +107,7 @@ def test_baselines_on_tiny_arrays():
     np.testing.assert_allclose(laplacian_pyramid(x, x), x, atol=1e-5)  # fusing an image with itself
 
 
+@pytest.mark.torch_free
 def test_baseline_fuser_keeps_colour():
     rng = np.random.default_rng(0)
     mri = rng.integers(0, 256, (32, 32), dtype=np.uint8)

@@ -22,6 +22,7 @@ from cminet.runtime.imaging import prepare_pair, read_image
 from .badinput_assets import PET, PET_MRI
 
 
+@pytest.mark.torch_free
 @pytest.mark.parametrize("height,width,tile", [(4096, 4096, 1024), (1000, 333, 256), (300, 64, 64), (90, 2000, 512)])
 def test_tiles_cover_every_pixel_with_overlaps(height, width, tile):
     plan = tiling.plan_tiles(height, width, tile)
@@ -35,6 +36,7 @@ def test_tiles_cover_every_pixel_with_overlaps(height, width, tile):
         assert (gaps <= tile_side - plan.overlap).all()  # neighbours overlap by at least `overlap`
 
 
+@pytest.mark.torch_free
 def test_blending_is_exact_for_a_pixelwise_network():
     """Weights normalise to one everywhere, so a network without spatial context (here the
     max rule) gives exactly the whole-image result, seams included."""
@@ -53,6 +55,7 @@ def _upscaled_pet(size: int):
     return mri, pet
 
 
+@pytest.mark.torch_free
 def test_tiled_fusion_is_close_to_whole_and_seamless():
     """512² PET-MRI in 256² tiles against the same image fused whole (the shipped ONNX):
     43 dB apart, and no seam: where a tile begins or ends, the difference to the whole
@@ -73,6 +76,7 @@ def test_tiled_fusion_is_close_to_whole_and_seamless():
         assert np.mean([jumps[e - 1] for e in edges]) < 0.5 / 255, axis
 
 
+@pytest.mark.torch_free
 def test_fuser_tiles_what_does_not_fit_and_refuses_when_told_not_to(monkeypatch):
     from cminet.runtime import Fuser
 
@@ -94,6 +98,7 @@ def test_fuser_tiles_what_does_not_fit_and_refuses_when_told_not_to(monkeypatch)
     assert psnr(whole.astype(np.float32) / 255, tiled.astype(np.float32) / 255) > 35.0
 
 
+@pytest.mark.torch_free
 def test_an_engine_profile_limits_the_tile_side():
     policy = tiling.SizePolicy("tensorrt", "fp16", max_side=512, max_batch=4)
     plan = policy.plan(2048, 1536)
@@ -128,6 +133,7 @@ def test_memory_model_bounds_a_measured_peak():
         assert measured <= estimate <= 1.7 * measured, (side, measured, estimate)
 
 
+@pytest.mark.torch_free
 def test_memory_limit_variable():
     assert memory.parse_bytes("4G", "x") == 4 * 2**30 and memory.parse_bytes("512m", "x") == 512 * 2**20
     assert memory.parse_bytes("1.5GiB", "x") == int(1.5 * 2**30) and memory.parse_bytes("1000", "x") == 1000

@@ -186,6 +186,7 @@ def one_line_error(result) -> str:
 
 
 # -- geometry -----------------------------------------------------------------------------
+@pytest.mark.torch_free
 @pytest.mark.parametrize("axcodes", ["RAS", "LAS", "LPS", "PIR", "ASL"])
 def test_display_order_round_trip_is_exact(axcodes):
     volume = Volume(np.random.default_rng(0).random((7, 9, 5), dtype=np.float32),
@@ -205,6 +206,7 @@ def test_display_order_round_trip_is_exact(axcodes):
     assert shown[z, r, c] == volume.data[tuple(ijk)]
 
 
+@pytest.mark.torch_free
 @pytest.mark.parametrize("rotate_deg", [0.0, 23.0])
 def test_trilinear_resampling_is_exact_on_a_linear_field(rotate_deg):
     """Trilinear interpolation reproduces a linear function of position: every MRI voxel
@@ -239,6 +241,7 @@ def test_trilinear_resampling_is_exact_on_a_linear_field(rotate_deg):
     np.testing.assert_allclose(gathered, values, atol=2e-3)
 
 
+@pytest.mark.torch_free
 @pytest.mark.parametrize("mri_axcodes,pet_axcodes,pet_spacing,rotate", [
     ("LAS", "RAS", (6.0, 6.0, 6.0), 0.0),
     ("RAS", "LAS", (3.0, 5.0, 4.0), 0.0),
@@ -258,6 +261,7 @@ def test_hot_sphere_lands_at_its_world_position(fuser, mri_axcodes, pet_axcodes,
     assert error_voxels.max() < 1.0, error_voxels
 
 
+@pytest.mark.torch_free
 def test_ct_sphere_lands_in_the_grey_output(fuser):
     mri = brain_mri(axcodes="LAS")
     ct = sphere_volume((40, 40, 20), (5.0, 5.0, 8.0), "LPS", value=1200.0, background=30.0)
@@ -271,6 +275,7 @@ def test_ct_sphere_lands_in_the_grey_output(fuser):
 
 
 # -- windows, palettes, and the 2-D path --------------------------------------------------
+@pytest.mark.torch_free
 def test_windows_hold_for_the_whole_volume_not_per_slice():
     """One value, one grey level (or colour) in every slice: slices with and without the
     bright parts are windowed alike."""
@@ -292,6 +297,7 @@ def test_windows_hold_for_the_whole_volume_not_per_slice():
     assert np.unique(outside_uptake).size == 4  # and the x gradient survives
 
 
+@pytest.mark.torch_free
 def test_ct_hounsfield_window_and_pet_palette():
     mri = brain_mri((24, 24, 12), (8.0, 8.0, 8.0))
     ct = Volume(np.full((24, 24, 12), 0.0, np.float32), mri.affine)
@@ -308,6 +314,7 @@ def test_ct_hounsfield_window_and_pet_palette():
     assert np.array_equal(rgb, palette_lut("HOT_METAL_BLUE")[index])
 
 
+@pytest.mark.torch_free
 def test_palettes_are_pydicoms_standard_ones():
     from pydicom.pixels import apply_color_lut
 
@@ -322,6 +329,7 @@ def test_palettes_are_pydicoms_standard_ones():
         palette_lut("jet")
 
 
+@pytest.mark.torch_free
 @pytest.mark.parametrize("modality", ["pet", "ct"])
 def test_each_slice_is_fused_exactly_like_the_2d_path(fuser, modality):
     mri = head_phantom("mri", (40, 48, 12), (4.8, 4.8, 6.0))
@@ -338,6 +346,7 @@ def test_each_slice_is_fused_exactly_like_the_2d_path(fuser, modality):
         assert np.abs(two_d.astype(int) - shown[k]).max() <= FUSED_GREY_LEVELS["fp32"]
 
 
+@pytest.mark.torch_free
 def test_batch_size_one_on_a_cpu_unless_asked(fuser):
     mri = brain_mri((32, 32, 6), (6.0, 6.0, 8.0))
     ct = sphere_volume((20, 20, 8), (8.0, 8.0, 8.0), "RAS", value=900.0)
@@ -347,6 +356,7 @@ def test_batch_size_one_on_a_cpu_unless_asked(fuser):
         fuse_volume(mri, ct, model=fuser, modality="ct", batch_size=0)
 
 
+@pytest.mark.torch_free
 def test_working_memory_does_not_grow_with_the_number_of_slices(fuser):
     """Peak numpy memory of the slice loop, less the output volume, is the same for 8 and
     for 48 slices: a batch at a time, never a whole-volume intermediate."""
@@ -365,6 +375,7 @@ def test_working_memory_does_not_grow_with_the_number_of_slices(fuser):
 
 
 # -- NIfTI in and out ---------------------------------------------------------------------
+@pytest.mark.torch_free
 def test_nifti_output_has_the_mri_grid_codes_and_rgb24(tmp_path, fuser):
     mri = brain_mri(axcodes="LAS")
     mri_path = tmp_path / "mri.nii.gz"
@@ -386,6 +397,7 @@ def test_nifti_output_has_the_mri_grid_codes_and_rgb24(tmp_path, fuser):
     assert b"not for quantitation" in back.header["descrip"].tobytes()
 
 
+@pytest.mark.torch_free
 def test_nifti_pet_with_nan_outside_the_field_of_view(tmp_path, fuser):
     mri = brain_mri()
     pet = sphere_volume((26, 24, 22), (6.0, 6.0, 6.0), "RAS", value=5000.0, background=200.0)
@@ -397,6 +409,7 @@ def test_nifti_pet_with_nan_outside_the_field_of_view(tmp_path, fuser):
 
 
 # -- DICOM in and out ---------------------------------------------------------------------
+@pytest.mark.torch_free
 def test_dicom_series_read_sorted_rescaled_and_placed(tmp_path):
     truth = head_phantom("ct", (32, 28, 9), (6.0, 6.5, 7.0), axcodes="LPS")
     folder = write_series(truth, tmp_path / "ct", intercept=-1024.0, order_seed=3)
@@ -408,6 +421,7 @@ def test_dicom_series_read_sorted_rescaled_and_placed(tmp_path):
     assert (LPS_TO_RAS @ ct.affine)[:3, 2] @ normal > 0  # k rises along the slice normal, as dcm2niix has it
 
 
+@pytest.mark.torch_free
 def test_pet_series_with_a_slope_per_slice(tmp_path):
     truth = sphere_volume((20, 20, 8), (6.0, 6.0, 6.0), "RAS", value=15000.0, background=850.0, radius=20.0)
     slopes = np.linspace(0.5, 2.0, 8)
@@ -419,6 +433,7 @@ def test_pet_series_with_a_slope_per_slice(tmp_path):
     assert error.max() <= 1.0  # stored = round(value / slope) with slopes up to 2
 
 
+@pytest.mark.torch_free
 def test_spect_as_one_multiframe_nm_file(tmp_path, model_path):
     truth = sphere_volume((24, 22, 12), (6.0, 6.0, 6.0), "RAS", value=900.0, background=40.0, radius=20.0)
     folder = write_nm_tomo(truth, tmp_path / "spect" / "recon.dcm")
@@ -438,6 +453,7 @@ def test_spect_as_one_multiframe_nm_file(tmp_path, model_path):
         load_volume(projections, "OTHER")
 
 
+@pytest.mark.torch_free
 def test_dicom_in_dicom_out_keeps_identity_geometry_and_pixels(tmp_path, model_path):
     study = ("1.2.826.0.1.3680043.8.498.1", "PAT-0042", "Doe^Jane")
     mri_truth = brain_mri((40, 36, 14), (5.0, 5.0, 6.0), "LPS")
@@ -483,6 +499,7 @@ def test_dicom_in_dicom_out_keeps_identity_geometry_and_pixels(tmp_path, model_p
     assert (tmp_path / "png" / "montage.png").is_file() and len(list((tmp_path / "png").glob("slice_*.png"))) == 14
 
 
+@pytest.mark.torch_free
 def test_grey_dicom_output_reads_back_onto_the_mri_grid(tmp_path, fuser):
     mri = brain_mri((40, 36, 10), (5.0, 5.0, 6.0), "LAS")
     ct = sphere_volume((40, 40, 20), (5.0, 5.0, 8.0), "LPS", value=1200.0, background=30.0)
@@ -494,6 +511,7 @@ def test_grey_dicom_output_reads_back_onto_the_mri_grid(tmp_path, fuser):
 
 
 # -- refusals: one line each, naming what is wrong ----------------------------------------
+@pytest.mark.torch_free
 def test_volumes_that_do_not_overlap(fuser):
     mri = brain_mri()
     far = sphere_volume((26, 24, 22), (6.0, 6.0, 6.0), "RAS", grid_centre=(0.0, 900.0, 0.0))
@@ -504,6 +522,7 @@ def test_volumes_that_do_not_overlap(fuser):
     assert "y -96.0..96.0" in message and "y 828.0..972.0" in message  # both extents, in mm
 
 
+@pytest.mark.torch_free
 def test_four_d_rgb_and_unplaced_niftis(tmp_path):
     four_d = tmp_path / "fmri.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), four_d)
@@ -532,6 +551,7 @@ def test_four_d_rgb_and_unplaced_niftis(tmp_path):
         load_volume(tmp_path / "nan.nii", "OTHER")
 
 
+@pytest.mark.torch_free
 def test_dicom_stacks_with_gaps_uneven_or_repeated_slices(tmp_path):
     truth = sphere_volume((20, 20, 8), (6.0, 6.0, 6.0), "LPS")
     gap = write_series(truth, tmp_path / "gap", order_seed=None)
@@ -552,6 +572,7 @@ def test_dicom_stacks_with_gaps_uneven_or_repeated_slices(tmp_path):
         load_volume(repeated, "OTHER")
 
 
+@pytest.mark.torch_free
 def test_pydicoms_broken_real_series_are_refused():
     with pytest.raises(VolumeError, match=r"3 series mixed in one folder"):
         load_volume(DICOM_DIRS / "MR2", "MRI")
@@ -559,6 +580,7 @@ def test_pydicoms_broken_real_series_are_refused():
         load_volume(DICOM_DIRS / "MR700", "MRI")  # one radial series: every slice turned
 
 
+@pytest.mark.torch_free
 def test_single_slice_empty_folder_and_mixed_series(tmp_path):
     single = tmp_path / "single"
     single.mkdir()
@@ -577,6 +599,7 @@ def test_single_slice_empty_folder_and_mixed_series(tmp_path):
         load_volume(tmp_path / "two", "OTHER")
 
 
+@pytest.mark.torch_free
 def test_cli_refusals_are_one_line_and_leave_no_output(tmp_path, model_path):
     mri = brain_mri((24, 24, 8), (8.0, 8.0, 8.0))
     mri_path, pet_path = tmp_path / "mri.nii.gz", tmp_path / "pet.nii.gz"
@@ -610,6 +633,7 @@ def test_cli_refusals_are_one_line_and_leave_no_output(tmp_path, model_path):
     assert list(busy.iterdir()) == [busy / "keep.dcm"]
 
 
+@pytest.mark.torch_free
 def test_default_model_is_the_shipped_onnx(model_path):
     mri = brain_mri((24, 24, 4), (8.0, 8.0, 8.0))
     ct = sphere_volume((20, 20, 4), (8.0, 8.0, 8.0), "RAS", value=900.0)
@@ -621,6 +645,7 @@ def test_default_model_is_the_shipped_onnx(model_path):
 
 
 # -- end to end, torch-free ---------------------------------------------------------------
+@pytest.mark.torch_free
 def test_cli_runs_without_torch_and_writes_pngs_and_a_montage(tmp_path, model_path):
     """A torch-free install: torch, onnx and safetensors cannot even be imported here."""
     save_nifti(head_phantom("mri", (48, 56, 20), (4.0, 4.0, 7.5)), tmp_path / "mri.nii.gz")
@@ -649,6 +674,7 @@ def test_cli_runs_without_torch_and_writes_pngs_and_a_montage(tmp_path, model_pa
     assert len(list((tmp_path / "png").glob("slice_*.png"))) == 20
 
 
+@pytest.mark.torch_free
 def test_without_the_volume_extra_the_error_says_what_to_install(tmp_path):
     save_nifti(brain_mri((8, 8, 4), (4.0, 4.0, 4.0)), tmp_path / "mri.nii.gz")
     code = (
@@ -667,6 +693,7 @@ def test_without_the_volume_extra_the_error_says_what_to_install(tmp_path):
     assert proc.stderr.strip() == "error: volumes need nibabel: pip install 'cminet[volume]'"
 
 
+@pytest.mark.torch_free
 def test_montage_shows_the_three_planes(fuser):
     mri = head_phantom("mri", (40, 48, 24), (4.8, 4.8, 6.0))
     pet = head_phantom("pet", (24, 24, 16), (9.0, 9.0, 9.0))
