@@ -11,7 +11,7 @@ OUT ?= out
 
 TYPESTUBS := $(VENV)/typestubs
 
-.PHONY: demo test lint gpu-check clean shipped-onnx
+.PHONY: demo test test-stacks lint gpu-check clean shipped-onnx
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ shipped-onnx: $(BIN)/.installed
 test: $(BIN)/.installed $(SERVE_BIN)/.installed lint
 	CMINET_SERVE_PYTHON=$(SERVE_BIN)/python $(BIN)/python -m pytest -q
 
+## test-stacks: the torch-free tests in fresh venvs of each device stack (tests/stacks/: JetPack 6
+## at the declared minimums, the newest Python and wheels, and cminet[serve,volume]); pyenv's Pythons
+test-stacks:
+	$(PYTHON) tests/stacks/run.py $(STACKS)
+
 lint: $(BIN)/.installed $(TYPESTUBS)/.installed
 	$(BIN)/ruff check .
 	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy
@@ -69,4 +74,4 @@ gpu-check:
 		--out benchmarks/results $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(OUT) .stacks build *.egg-info

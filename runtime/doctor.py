@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import BACKENDS, REFERENCE_FILE, SHIPPED_ONNX, SHIPPED_WEIGHTS, shipped_dir
+from .cuda import _explain_missing_bindings, open_cuda
 from .errors import first_line
 
 OK, MISSING, BROKEN, INFO = "ok", "missing", "broken", "info"
@@ -71,10 +72,12 @@ def _version_of(distributions: tuple[str, ...]) -> str | None:
 
 
 def _probe(report: Report, section: str, name: str, module: str, distributions: tuple[str, ...],
-           fix: str | None, describe: Callable[[Any], str] | None = None, needed: bool = True) -> Any:
+           fix: str | None, describe: Callable[[Any], str] | None = None, needed: bool = True,
+           explain: Callable[[], str] | None = None) -> Any:
     """Import ``module`` and describe it; returns the module, or None when it is missing or
     broken (which is then a line of the report). ``needed=False`` makes a missing module an
-    ``info`` line: optional, nothing is wrong without it."""
+    ``info`` line: optional, nothing is wrong without it. ``explain`` says why a package whose
+    top level is installed lacks ``module``."""
     version = _version_of(distributions)
     try:
         found = importlib.util.find_spec(module.split(".")[0]) is not None
@@ -87,11 +90,15 @@ def _probe(report: Report, section: str, name: str, module: str, distributions: 
         loaded = importlib.import_module(module)
         detail = version or str(getattr(loaded, "__version__", "installed"))
         if describe is not None:
-            extra = describe(loaded)
-            detail = f"{detail}; {extra}" if extra else detail
+            detail = f"{detail}; {describe(loaded)}"
     except Exception as exc:  # noqa: BLE001 - the point is to report whatever goes wrong
-        report.add(section, name, BROKEN, f"{version or 'installed'} but {type(exc).__name__}: {first_line(exc)}",
-                   fix)
+        if isinstance(exc, ModuleNotFoundError) and exc.name and (module + ".").startswith(exc.name + "."):
+            # The top-level package is there but not this module: cuda-python before 12.6.1 has
+            # `cuda` without `cuda.bindings`. Not installed, as far as cminet is concerned.
+            report.add(section, name, MISSING if needed else INFO, explain() if explain else f"no {module}", fix)
+        else:
+            report.add(section, name, BROKEN,
+                       f"{version or 'installed'} but {type(exc).__name__}: {first_line(exc)}", fix)
         return None
     report.add(section, name, OK, detail)
     return loaded
@@ -130,7 +137,7 @@ def _software(report: Report) -> dict[str, Any]:
         "tensorrt": _probe(report, section, "tensorrt", "tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
                            INSTALL.format(extra="trt") + " (JetPack ships it)", needed=False),
         "cuda.bindings": _probe(report, section, "cuda-python", "cuda.bindings", ("cuda-bindings", "cuda-python"),
-                                INSTALL.format(extra="gpu"), needed=False),
+                                INSTALL.format(extra="gpu"), needed=False, explain=_explain_missing_bindings),
         "pycuda": _probe(report, section, "pycuda", "pycuda", ("pycuda",), None, needed=False),
         "torch": _probe(report, section, "torch", "torch", ("torch",), INSTALL.format(extra="train"), _torch_cuda,
                         needed=False),
@@ -143,8 +150,6 @@ def _software(report: Report) -> dict[str, Any]:
 
 def _gpu(report: Report) -> None:
     """The GPU through the CUDA bindings the TensorRT backend uses (cuda-python, else pycuda)."""
-    from .cuda import open_cuda
-
     try:
         with open_cuda(0) as cuda:
             info = cuda.device_info()

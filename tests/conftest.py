@@ -15,6 +15,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # backend="auto" on a CPU would time ort-cpu against ov-cpu once per model file (seconds each,
 # and the suite exports many); tests/test_cpu_speed.py tests that choice with this unset.
 os.environ.setdefault("CMINET_CPU_BACKEND", "ort-cpu")
+# Set by `make test-stacks` (tests/stacks/run.py): the name of the device stack under test.
+STACK = os.environ.get("CMINET_STACK")
+
+
+def pytest_configure(config):
+    if STACK:
+        import cminet
+
+        if Path(cminet.__file__).resolve().is_relative_to(REPO):
+            raise pytest.UsageError(f"stack {STACK}: cminet was imported from the checkout ({cminet.__file__}), "
+                                    "not from the environment under test; run pytest with --import-mode=append")
 
 
 @pytest.fixture(scope="session")
