@@ -23,7 +23,7 @@ def pytest_configure(config):
     if STACK:
         import cminet
 
-        if Path(cminet.__file__).resolve().is_relative_to(REPO):
+        if Path(cminet.__file__).resolve().parent == REPO / "cminet":
             raise pytest.UsageError(f"stack {STACK}: cminet was imported from the checkout ({cminet.__file__}), "
                                     "not from the environment under test; run pytest with --import-mode=append")
 

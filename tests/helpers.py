@@ -78,16 +78,16 @@ TRAIN_ONLY_MODULES = ("torch", "safetensors", "onnx", "onnxscript", "onnxconvert
 BASE_INSTALL_HIDES = (*TRAIN_ONLY_MODULES, "openvino")
 
 
-def torch_free_env(tmp_path: Path) -> dict:
+def torch_free_env(tmp_path: Path, hide: tuple[str, ...] = BASE_INSTALL_HIDES) -> dict:
     """Environment for a subprocess that behaves like the base install (`pip install .`):
     a sitecustomize sets ``sys.modules[name] = None`` for torch, the rest of the [train]
-    extra and openvino (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
+    extra and openvino (or ``hide``) (so ``import torch`` fails and ``importlib.util.find_spec('torch')`` is None),
     inherited by any child process."""
     import os
 
     site = tmp_path / "no_torch_site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {BASE_INSTALL_HIDES!r}:\n"
+    (site / "sitecustomize.py").write_text(f"import sys\nfor name in {hide!r}:\n"
                                            "    sys.modules[name] = None\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])

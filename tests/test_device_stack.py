@@ -25,7 +25,7 @@ from cminet.runtime.folders import SAMPLES_DIR
 
 from .conftest import REPO, STACK
 from .gpu_doubles import subprocess_env
-from .helpers import torch_free_env, write_dataset
+from .helpers import TRAIN_ONLY_MODULES, torch_free_env, write_dataset
 
 pytestmark = pytest.mark.torch_free
 
@@ -42,7 +42,12 @@ def console(tool: str, *args, tmp_path: Path, env: dict | None = None, timeout: 
     if not script.is_file():
         pytest.fail(f"{script} is missing: the install did not create the {tool} console script")
     return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=tmp_path, env=env if env is not None else torch_free_env(tmp_path))
+                          cwd=tmp_path, env=env if env is not None else device_env(tmp_path))
+
+
+def device_env(tmp_path: Path) -> dict:
+    """No torch nor the rest of [train], as on a device; OpenVINO stays where installed."""
+    return torch_free_env(tmp_path, hide=TRAIN_ONLY_MODULES)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -126,6 +131,38 @@ def test_python_api(tmp_path):
         assert fuser.info["backend"] == "ort-cpu"
 
 
+def test_serve_and_fuse_with_the_server_from_one_install(tmp_path):
+    """`pip install 'cminet[serve]'` alone gives a server and its client (PyTriton holds
+    numpy < 2 there, and the runtime must still work beside it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        if STACK == "serve":
+            pytest.fail("the serve stack has no pytriton: cminet[serve] did not install it")
+        pytest.skip("pip install 'cminet[serve]' (the serve stack of make test-stacks)")
+    from cminet.runtime import Fuser
+    from cminet.runtime.imaging import read_image
+    from cminet.serve import free_port, stop_server, wait_until_ready
+
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([str(BIN / "cminet"), "serve", "--port", str(port), "--backend", "ort-cpu"],
+                                  stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", timeout=180, process=server)
+        out = tmp_path / "served.png"
+        ok(console("cminet", "fuse", PET_MRI, PET, "-o", out, "--server", f"http://127.0.0.1:{port}",
+                   tmp_path=tmp_path))
+    except Exception:
+        print(log.read_text()[-3000:])
+        raise
+    finally:
+        stop_server(server)
+    with Fuser() as local:
+        expected = local.fuse(read_image(PET_MRI), read_image(PET))
+    assert np.abs(read_image(out).astype(int) - expected.astype(int)).max() <= 1
+
+
 # -- cminet doctor ---------------------------------------------------------------------------
 def doctor_json(tmp_path, env=None) -> tuple[dict, subprocess.CompletedProcess]:
     proc = console("cminet", "doctor", "--json", tmp_path=tmp_path, env=env)
@@ -158,7 +195,7 @@ def test_doctor_reports_this_environment(tmp_path):
 
 @pytest.mark.parametrize("flavour", ["trt10.3-cudapython12", "trt10.3-pycuda", "trt11.1-cudapython13"])
 def test_doctor_finds_the_gpu_and_the_tensorrt_backend_on_the_doubles(tmp_path, flavour):
-    report, proc = doctor_json(tmp_path, env=subprocess_env(flavour, torch_free_env(tmp_path)))
+    report, proc = doctor_json(tmp_path, env=subprocess_env(flavour, device_env(tmp_path)))
     assert proc.returncode == 0, proc.stdout
     gpu = report["gpu"]
     assert gpu["compute_capability"] in ("8.7", "9.0") and gpu["memory_mb"] > 1000
