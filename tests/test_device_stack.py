@@ -63,6 +63,12 @@ def test_bare_cminet_shows_the_help(tmp_path):
     assert "Traceback" not in proc.stderr and "fuse-volume" in proc.stdout + proc.stderr
 
 
+def test_a_missing_input_is_one_line_not_a_traceback(tmp_path):
+    proc = console("cminet", "fuse", tmp_path / "missing.png", PET, "-o", tmp_path / "out.png", tmp_path=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error:") and "missing.png" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
 def test_fuse_one_pair_matches_the_python_api(tmp_path):
     from cminet.runtime import Fuser
     from cminet.runtime.imaging import read_image
