@@ -21,9 +21,11 @@ from .stats import latency_summary, throughput_ips
 
 
 def open_spec_backend(spec: dict):
-    from cminet.runtime.backends.base import open_backend
+    from cminet.runtime.backends.base import backend_options, open_backend
 
-    return open_backend(spec["backend"], spec["model"], threads=spec.get("threads"), precision=spec["precision"])
+    # The bench's --threads is for the CPU backends; a GPU backend has no such option.
+    threads = spec.get("threads") if "threads" in backend_options(spec["backend"]) else None
+    return open_backend(spec["backend"], spec["model"], threads=threads, precision=spec["precision"])
 
 
 def run_once(backend, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -426,23 +426,26 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
               help="With --data: the pairs listed in test.txt or train.txt, or every pair.")
 @click.option("--pairs", help="With --data: comma-separated pair types (default: every <pair>/ folder).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder for --data / --samples.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch checkpoint (.safetensors); default: shipped.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
-              help="Fuse with an exported .onnx or .engine through the torch-free runtime instead.")
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]),
-              help="Runtime backend for --model (or the shipped ONNX).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
-              help="Which shipped ONNX the runtime uses when neither --weights nor --model is given.")
-@click.option("--device", default="cpu", show_default=True, help="PyTorch device for --weights (cpu, cuda, cuda:N).")
-@click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
+              help="Exported .onnx or .engine to run; default: the shipped ONNX of --precision.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Run a PyTorch checkpoint (.safetensors) instead: torch-cpu, or torch-cuda with --device cuda.")
 @click.option("--server", metavar="URL",
               help="Run the network on a Triton server (cminet serve, or tritonserver with the cminet-export "
                    "--triton repository), e.g. http://127.0.0.1:8000.")
-@click.option("--server-model", default="cminet", show_default=True,
+@click.option("--server-model", default=contract.TRITON_MODEL, show_default=True,
               help="With --server: the Triton model (cminet_onnx or cminet_trt for the exported repository).")
-def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_file, backend, precision, device,
-         tile, server, server_model) -> None:
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(contract.BACKEND_CHOICES),
+              help="Backend for the model (auto: see cminet doctor for what runs here).")
+@click.option("--precision", type=click.Choice(contract.PRECISIONS),
+              help="Which shipped ONNX runs without --model (default fp32); with --model or --server, what the "
+                   "model must be; with --weights, what PyTorch casts to (torch-cuda only).")
+@click.option("--device", help="cuda, cuda:N or cpu: the GPU for --weights (torch-cuda) or the CUDA device of a GPU "
+                               "backend.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (ONNX Runtime, OpenVINO, PyTorch).")
+@click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
+def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weights, server, server_model, backend,
+         precision, device, threads, tile) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -455,8 +458,9 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
     One pair through a Triton server (see cminet serve):
       cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
 
-    Without --weights, --model or --server, the PyTorch model runs where torch is installed
-    (the training install); the torch-free runtime runs the shipped ONNX otherwise.
+    Without --model, --weights or --server the shipped ONNX of --precision runs through the
+    torch-free runtime, with or without torch installed. An option the chosen backend cannot
+    honour is refused.
     """
 
     from pathlib import Path
@@ -491,25 +495,8 @@ def fuse(mri, other, output, data, samples, split, pairs, out, weights, model_fi
         if not refs:
             raise CMINetError(f"{data}: the {split} split lists no pairs")
 
-    use_torch = not server and not model_file and (weights is not None or torch_installed())
-    if server:
-        from cminet.serve import TritonFuser
-
-        fuser = TritonFuser(server, server_model)
-    elif use_torch:
-        require("torch", "cminet fuse --weights")
-        from cminet.fusion import TorchFuser, torch_device
-
-        try:
-            torch_device(device)
-        except CMINetError as exc:
-            raise click.BadParameter(str(exc).removeprefix("device").lstrip(": "), param_hint="--device") from None
-        fuser = TorchFuser(weights, device=device)
-    else:
-        from cminet.runtime import Fuser
-
-        fuser = Fuser(model_file, backend=backend, precision=precision)
-
+    fuser = open_fuser(model_file or weights or (server and server_url(server, server_model)), backend,
+                       precision, device, threads, torch_weights=weights is not None)
     tiled = _Tiling(fuser, tile)
     if single:
         fuse_files(tiled, mri, other, output)
@@ -560,9 +547,12 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
     from cminet import serve as serving
 
     if benchmark:
-        results = serving.benchmark(model_file, size=size, seconds=seconds, max_batch_size=max_batch_size,
-                                    log=lambda line: click.echo(line, err=True))
-        click.echo(serving.markdown_table(results, size))
+        from cminet.benchmarks.serve_load import benchmark as load_benchmark
+        from cminet.benchmarks.serve_load import markdown_table
+
+        results = load_benchmark(model_file, size=size, seconds=seconds, max_batch_size=max_batch_size,
+                                 log=lambda line: click.echo(line, err=True))
+        click.echo(markdown_table(results, size))
         return
     try:
         serving.serve(model_file, host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -618,9 +608,10 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
     contenders: dict = {}
     for name in split_pairs(methods):
         if name == "cminet":
-            from cminet.fusion import TorchFuser
+            from cminet.fusion import DEFAULT_WEIGHTS
+            from cminet.runtime import Fuser
 
-            contenders[name] = TorchFuser(weights)
+            contenders[name] = Fuser(weights or DEFAULT_WEIGHTS)
         elif name in BASELINES:
             contenders[name] = BaselineFuser(name)
         else:
@@ -668,8 +659,8 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
               help="Exported .onnx or .engine. Default: the shipped ONNX of --precision.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice([contract.AUTO, *contract.RUNTIME_BACKENDS]))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(contract.PRECISIONS),
-              help="Which shipped ONNX runs when --model is not given.")
+@click.option("--precision", type=click.Choice(contract.PRECISIONS),
+              help="Which shipped ONNX runs when --model is not given (default fp32); with --model, what it must be.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Axial slices per network call (default: 1 on a CPU, where that is quickest; 4 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
@@ -726,6 +717,56 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
     click.echo(f"done in {time.perf_counter() - started:.1f} s")
 
 
+def server_url(server: str, model: str) -> str:
+    """--server URL plus --server-model: ``http://HOST:PORT/MODEL`` for the runtime."""
+    from cminet.runtime.backends.triton import split_url
+
+    address, ssl, named = split_url(server)
+    if named != contract.TRITON_MODEL and model != contract.TRITON_MODEL and named != model:
+        raise click.UsageError(f"--server names model {named!r} and --server-model {model!r}: give one")
+    return f"{'https' if ssl else 'http'}://{address}/{model if model != contract.TRITON_MODEL else named}"
+
+
+def open_fuser(source, backend: str, precision: str | None, device: str | None, threads: int | None,
+               torch_weights: bool = False):
+    """The one :class:`~cminet.runtime.Fuser` every command fuses through. ``device`` (auto,
+    cpu, cuda, cuda:N) steers ``backend`` auto: a checkpoint runs on torch-cpu or torch-cuda,
+    an ONNX on a CPU or a CUDA backend; cuda:N is the GPU index. A device this machine does
+    not have is a usage error, never a silent fallback."""
+    from cminet.runtime import Fuser
+
+    index = None
+    text = (device or "auto").strip().lower()
+    kind, _, number = text.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (number and (kind != "cuda" or not number.isdigit())):
+        raise click.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {device!r}", param_hint="--device")
+    if torch_weights:
+        require("torch", "cminet fuse --weights")
+    if kind == "cuda":
+        index = int(number) if number else None
+        if torch_weights:
+            from cminet.fusion import torch_device
+
+            try:
+                torch_device(text)
+            except CMINetError as exc:
+                raise click.BadParameter(str(exc).removeprefix("device").lstrip(": "), param_hint="--device") from None
+            backend = "torch-cuda" if backend == contract.AUTO else backend
+        elif backend == contract.AUTO and (not source or contract.model_kind(source) == "onnx"):
+            from cminet.runtime.backends.onnxruntime import best_onnx_backend
+
+            backend = best_onnx_backend()
+            if backend == "ort-cpu":
+                raise click.BadParameter(f"{device}: no CUDA GPU backend for ONNX here (this onnxruntime has no "
+                                         "CUDA provider; see cminet doctor)", param_hint="--device")
+    elif kind == "cpu" and backend == contract.AUTO and not torch_weights and (
+            not source or contract.model_kind(source) == "onnx"):
+        from cminet.runtime.backends.onnxruntime import best_onnx_backend
+
+        backend = contract.AUTO if best_onnx_backend() == "ort-cpu" else "ort-cpu"
+    return Fuser(source or None, backend=backend, precision=precision, device=index, threads=threads)
+
+
 class _Tiling:
     """A fuser whose ``fuse`` passes --tile on and says on stderr when it tiled an image."""
 
@@ -733,8 +774,6 @@ class _Tiling:
         self.fuser, self.tile = fuser, tile
 
     def fuse(self, mri, other):
-        if not hasattr(self.fuser, "last_plan"):  # a server fuses what it is sent
-            return self.fuser.fuse(mri, other)
         fused = self.fuser.fuse(mri, other, tile=self.tile)
         if self.fuser.last_plan is not None:
             click.echo(f"note: {self.fuser.last_plan.describe()} (too large to fuse whole here)", err=True)

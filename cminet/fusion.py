@@ -1,12 +1,12 @@
-"""Fusing images with the PyTorch model: the Python API and what ``cminet fuse`` runs.
+"""The PyTorch model as a fuser: loading the shipped weights, and ``fuse_arrays`` for a
+model in memory (it runs through the runtime's one pipeline, :class:`cminet.runtime.Fuser`,
+on the ``torch-cpu`` / ``torch-cuda`` backend; ``Fuser("x.safetensors")`` does the same from a file).
 
     >>> import cminet, cv2
     >>> model = cminet.load_pretrained()          # shipped weights, eval mode
     >>> fused = cminet.fuse_arrays(model, mri, pet)  # uint8 in, uint8 out (RGB for PET)
 
-Pre/post-processing (YCbCr, [0, 1] scaling, chroma restore) is
-:mod:`cminet.runtime.imaging`, shared with the ONNX Runtime and TensorRT backends, so every
-backend turns the same pixels into the same network inputs.
+Preparation, tiling, the colour hold and output are the Fuser's, shared with every backend.
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import torch
 from cminet.checkpoint import load_checkpoint
 from cminet.model import CMINet
 from cminet.runtime.contract import SHIPPED_WEIGHTS, ContractError, shipped_dir
-from cminet.runtime.errors import ModelFileError, SizeLimitError
-from cminet.runtime.imaging import finish_fused, prepare_pair
-from cminet.runtime.memory import NetworkShape
-from cminet.runtime.tiling import SizePolicy, TilePlan, parse_tile, run_tiled
+from cminet.runtime.errors import ModelFileError
 
-__all__ = ["DEFAULT_WEIGHTS", "TorchFuser", "fuse_arrays", "load_pretrained", "torch_device"]
+__all__ = ["DEFAULT_WEIGHTS", "fuse_arrays", "load_pretrained", "torch_device"]
 
 DEFAULT_WEIGHTS = shipped_dir() / SHIPPED_WEIGHTS
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -64,61 +61,17 @@ def load_pretrained(path: str | Path | None = None, device: str = "cpu") -> CMIN
     return load_checkpoint(path, device=device)
 
 
-def size_policy(model: CMINet) -> SizePolicy:
-    """What fits in this machine's memory for ``model`` (CPU; a GPU's memory is not modelled)."""
-    param = next(model.parameters())
-    backend = "torch-cuda" if param.device.type == "cuda" else "torch-cpu"
-    precision = "fp16" if param.dtype == torch.float16 else "fp32"
-    config = model.config
-    shape = NetworkShape(config.channels, config.num_heads, config.patch_size, config.kv_pool)
-    return SizePolicy(backend, precision, shape, max_batch=1)
-
-
 def fuse_arrays(model: CMINet, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
-    """Fuse a uint8 MRI (grey) with a uint8 CT (grey) or PET/SPECT (RGB) image.
+    """Fuse a uint8 MRI (grey) with a uint8 CT (grey) or PET/SPECT (RGB) image with an
+    in-memory model, through the one pipeline (:class:`cminet.runtime.Fuser`).
 
     Returns uint8: grey for a grey ``other``, RGB with ``other``'s chroma restored otherwise.
     ``tile`` as in :meth:`cminet.runtime.Fuser.fuse`: images too large for memory are fused
     in blended tiles (``"auto"``), refused (``"off"``), or tiled at a given side.
     """
-    return _fuse(model, mri, other, tile)[0]
+    from cminet.runtime import Fuser
+    from cminet.torch_backend import TorchBackend
 
-
-@torch.no_grad()
-def _fuse(model: CMINet, mri: np.ndarray, other: np.ndarray, tile) -> tuple[np.ndarray, TilePlan | None]:
     if not isinstance(model, CMINet):
         raise ContractError(f"model: expected a CMINet (cminet.load_pretrained()), got {type(model).__name__}")
-    tile = parse_tile(tile)
-    pair = prepare_pair(mri, other)
-    param = next(model.parameters())
-
-    def infer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).to(param.device, param.dtype) for x in (a, b))
-        try:
-            return model(ta, tb).float().cpu().numpy()
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
-                raise
-            raise SizeLimitError(f"out of {param.device.type.upper()} memory for a {a.shape[2]}×{a.shape[3]} "
-                                 "image; fuse it in smaller tiles (tile=512, cminet fuse --tile 512)") from None
-
-    plan = size_policy(model).plan(*pair.mri.shape, tile)
-    if plan is None:
-        fused = infer(pair.mri[None, None], pair.other[None, None])[0, 0]
-    else:
-        fused = run_tiled(infer, pair.mri, pair.other, plan)
-    return finish_fused(fused, pair), plan
-
-
-class TorchFuser:
-    """The PyTorch model behind the same ``fuse(mri, other)`` call as the runtime's Fuser."""
-
-    def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
-        self.model = load_pretrained(weights, device=device)
-        self.last_plan: TilePlan | None = None
-
-    def fuse(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
-        fused, self.last_plan = _fuse(self.model, mri, other, tile)
-        return fused
-
-
+    return Fuser(TorchBackend.from_model(model)).fuse(mri, other, tile=tile)

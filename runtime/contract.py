@@ -67,8 +67,21 @@ def sidecar_path(engine: str | Path) -> Path:
     return Path(f"{engine}.json")
 
 
+# What each kind of model is, in words, and the backend `auto` picks for it (ONNX: measured).
+MODEL_KINDS = {"onnx": "a .onnx file", "engine": "a .engine file", "weights": "a .safetensors checkpoint",
+               "url": "an http(s):// server URL"}
+AUTO_BACKEND = {"engine": "tensorrt", "weights": "torch-cpu", "url": "triton"}
+# A Triton server's defaults: `cminet serve`'s model name and port (`cminet-export --triton`
+# names its repository's models cminet_onnx and cminet_trt).
+TRITON_MODEL = "cminet"
+TRITON_PORT = 8000
+
+
 def model_kind(path: str | Path) -> str:
-    """'onnx', 'engine' or 'weights' by file suffix; :class:`ContractError` otherwise."""
+    """'url' for http(s)://, else 'onnx', 'engine' or 'weights' by file suffix;
+    :class:`ContractError` otherwise."""
+    if isinstance(path, str) and path.split("://")[0].lower() in ("http", "https") and "://" in path:
+        return "url"
     suffix = Path(path).suffix.lower()
     for kind, suffixes in (("onnx", ONNX_SUFFIXES), ("engine", ENGINE_SUFFIXES), ("weights", WEIGHTS_SUFFIXES)):
         if suffix in suffixes:
@@ -86,7 +99,7 @@ class BackendSpec:
     backends never imports torch, TensorRT or CUDA."""
 
     name: str
-    runs: str  # "onnx", "engine" or "weights"
+    runs: str  # a key of MODEL_KINDS: "onnx", "engine", "weights" or "url"
     precisions: tuple[str, ...]
     requires: tuple[str, ...]  # importable modules, for the one-line "install X" message
     install: str  # what to install when missing
@@ -114,6 +127,8 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
                 True, "cminet.runtime.backends.tensorrt:TensorRTBackend", "native TensorRT engine"),
     BackendSpec("ov-cpu", "onnx", ("fp32",), ("openvino",), "pip install 'cminet[openvino]'", False,
                 "cminet.runtime.backends.openvino:OpenVINOBackend", "OpenVINO, CPU (the same FP32 ONNX)"),
+    BackendSpec("triton", "url", ("fp32", "fp16"), ("tritonclient",), "pip install 'cminet[triton]'", False,
+                "cminet.runtime.backends.triton:TritonBackend", "a Triton server (cminet serve, tritonserver)"),
     BackendSpec("torch-cpu", "weights", ("fp32",), ("torch",), "pip install 'cminet[train]'", False,
                 "cminet.torch_backend:TorchBackend", "PyTorch eager, CPU (the FP32 reference)"),
     BackendSpec("torch-cuda", "weights", ("fp32", "fp16"), ("torch",), "pip install 'cminet[train]'", True,

@@ -29,3 +29,8 @@ class OutputError(CMINetError):
 class SizeLimitError(CMINetError):
     """An input larger than this machine's memory (or the model's shape profile) can fuse;
     the message says what fits."""
+
+
+class ServerError(CMINetError):
+    """A Triton server that cannot be reached, lacks the model, or refused a request; or a
+    ``cminet serve`` that could not start."""

@@ -26,10 +26,11 @@ import numpy as np
 from .backends.base import Backend, BackendUnavailable, open_backend
 from .contract import (
     AUTO,
+    AUTO_BACKEND,
     BACKEND_CHOICES,
     BACKENDS,
-    IO_CHANNELS,
     IO_RANK,
+    MODEL_KINDS,
     ORT_OPTIMIZATION_LEVELS,
     PRECISIONS,
     ContractError,
@@ -54,13 +55,11 @@ def _whole(value) -> bool:
 
 
 def resolve_backend(kind: str, backend: str, path: Path | None = None, threads: int | None = None) -> str:
-    """The backend ``auto`` means for a model file of ``kind`` (at ``path``), or a clear
-    refusal when ``backend`` cannot run that kind of file."""
+    """The backend ``auto`` means for a model of ``kind`` (at ``path``), or a clear refusal
+    when ``backend`` cannot run that kind of model."""
     if backend == AUTO:
-        if kind == "engine":
-            return "tensorrt"
-        if kind == "weights":
-            return "torch-cpu"
+        if kind in AUTO_BACKEND:
+            return AUTO_BACKEND[kind]
         from .backends.onnxruntime import best_onnx_backend
 
         best = best_onnx_backend()
@@ -71,57 +70,72 @@ def resolve_backend(kind: str, backend: str, path: Path | None = None, threads: 
         return best
     runs = BACKENDS[backend].runs
     if runs != kind:
-        wanted = {"onnx": "a .onnx file", "engine": "a .engine file", "weights": "a .safetensors checkpoint"}[runs]
-        raise BackendUnavailable(f"backend {backend!r} runs {wanted}, not a {kind} file")
+        raise BackendUnavailable(f"backend {backend!r} runs {MODEL_KINDS[runs]}, not {MODEL_KINDS[kind]}")
     return backend
 
 
 class Fuser:
-    """Fuse MRI with CT / PET / SPECT using an exported model.
+    """Fuse MRI with CT / PET / SPECT: one entry point for every kind of model.
 
     Args:
-        path: ``.onnx`` (ONNX Runtime) or ``.engine`` (native TensorRT) file; default: the
-            ONNX shipped with cminet in ``precision``.
-        backend: ``auto`` (engine → tensorrt; ONNX → ort-cuda if available, else ort-cpu,
-            or ov-cpu where OpenVINO is installed and measured faster on this model and
-            CPU: :mod:`cminet.runtime.backends.choice`) or a name from
-            :data:`cminet.runtime.contract.BACKENDS`.
-        precision: ``fp32`` or ``fp16``: which shipped ONNX to load when ``path`` is None.
-        device: CUDA device index.
-        threads: CPU threads for ONNX Runtime / OpenVINO (default: all cores).
-        optimization: ONNX Runtime graph optimisation level: disable, basic, extended, all.
+        source: an exported ``.onnx`` (ONNX Runtime or OpenVINO) or ``.engine`` (TensorRT),
+            a PyTorch ``.safetensors`` checkpoint (the torch backends; needs ``[train]``), an
+            ``http(s)://HOST:PORT[/MODEL]`` Triton server (``cminet serve``; needs ``[triton]``),
+            or an opened :class:`~cminet.runtime.backends.base.Backend`. Default: the ONNX
+            shipped with cminet in ``precision``.
+        backend: ``auto`` (engine → tensorrt; checkpoint → torch-cpu; URL → triton; ONNX →
+            ort-cuda if available, else ort-cpu, or ov-cpu where OpenVINO is installed and
+            measured faster on this model and CPU: :mod:`cminet.runtime.backends.choice`) or a
+            name from :data:`cminet.runtime.contract.BACKENDS`.
+        precision: ``fp32`` or ``fp16``: which shipped ONNX to load without ``source``; with
+            one, what the model must be (refused when the file says otherwise), or what the
+            torch backends cast to.
+        device: CUDA device index. threads: CPU threads. optimization: ONNX Runtime graph
+            optimisation level (disable, basic, extended, all).
 
-    Bad arguments raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``)
-    naming the argument and what it accepts; an unusable model file raises
-    :class:`~cminet.runtime.errors.ModelFileError`.
+    An option the chosen backend cannot honour is refused, never ignored. Bad arguments
+    raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``) naming the
+    argument; an unusable model file raises :class:`~cminet.runtime.errors.ModelFileError`.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, backend: str = AUTO, precision: str = "fp32",
-                 device: int = 0, threads: int | None = None, optimization: str = "all"):
+    def __init__(self, source: str | os.PathLike | Backend | None = None, backend: str = AUTO,
+                 precision: str | None = None, device: int | None = None, threads: int | None = None,
+                 optimization: str | None = None):
         self._backend: Backend | None = None
+        self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
+        if isinstance(source, Backend):
+            self.path: Path | str = f"<{source.name} backend>"
+            self._backend = source
+            return
         _choice("backend", backend, BACKEND_CHOICES)
-        _choice("precision", precision, PRECISIONS)
-        _choice("optimization", optimization, ORT_OPTIMIZATION_LEVELS)
-        if not _whole(device) or device < 0:
+        if precision is not None:
+            _choice("precision", precision, PRECISIONS)
+        if optimization is not None:
+            _choice("optimization", optimization, ORT_OPTIMIZATION_LEVELS)
+        if device is not None and (not _whole(device) or device < 0):
             raise ContractError(f"device: expected a CUDA device index ≥ 0, got {device!r}")
         if threads is not None and (not _whole(threads) or threads < 1):
             raise ContractError(f"threads: expected None (all cores) or a whole number ≥ 1, got {threads!r}")
-        if path is None:
-            path = shipped_onnx(precision)
+        if source is None:
+            source = shipped_onnx(precision or "fp32")
+            if not source.is_file():
+                raise ModelFileError(f"{source}: the shipped ONNX is missing; reinstall cminet")
+        elif not isinstance(source, str | os.PathLike) or str(source) == "":
+            raise ContractError(f"source: expected a model file path (.onnx, .engine, .safetensors) or a server "
+                                f"URL, got {source!r}")
+        kind = model_kind(source)
+        if kind == "url":
+            self.path = str(source)
+        else:
+            path = Path(source)
             if not path.is_file():
-                raise ModelFileError(f"{path}: the shipped ONNX is missing; reinstall cminet")
-        elif not isinstance(path, str | os.PathLike) or str(path) == "":
-            raise ContractError(f"path: expected a model file path (.onnx or .engine), got {path!r}")
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
-        if path.stat().st_size == 0:
-            raise ModelFileError(f"{path}: empty file")
-        check_fits(path.stat().st_size, f"{path}: a model file of {path.stat().st_size:,} bytes")
-        name = resolve_backend(model_kind(path), backend, path, threads)
-        self.path = path
-        self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
-        self._backend = open_backend(name, path, device=device, threads=threads, optimization=optimization,
+                raise ModelFileError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
+            if path.stat().st_size == 0:
+                raise ModelFileError(f"{path}: empty file")
+            check_fits(path.stat().st_size, f"{path}: a model file of {path.stat().st_size:,} bytes")
+            self.path = path
+        name = resolve_backend(kind, backend, self.path if kind == "onnx" else None, threads)  # type: ignore[arg-type]
+        self._backend = open_backend(name, self.path, device=device, threads=threads, optimization=optimization,
                                      precision=precision)
 
     @property
@@ -133,25 +147,12 @@ class Fuser:
     # -- the raw network call ------------------------------------------------------------
     def infer(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         """The network on float N×1×H×W arrays in [0, 1]; returns float32 N×1×H×W."""
-        for name, x in (("mri", mri), ("other", other)):
-            if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float16):
-                got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-                raise ImageError(f"{name}: expected a float32/float16 numpy array, got {got}")
-            if x.ndim != IO_RANK or x.shape[1] != IO_CHANNELS:
-                raise ImageError(f"{name}: expected shape N×1×H×W, got {x.shape}")
-        if mri.shape != other.shape:
-            raise ImageError(f"input shapes differ: mri {mri.shape}, other {other.shape}")
-        if 0 in mri.shape:
-            raise ImageError(f"mri: empty input of shape {mri.shape}")
-        self.backend.profile.check(mri.shape)
-        n, _, height, width = mri.shape
-        self.size_policy().check_whole(n, height, width)
-        if not (np.isfinite(mri).all() and np.isfinite(other).all()):
-            raise ImageError("inputs contain NaN or Inf")
-        dtype = self.backend.input_dtype
-        a, b = np.ascontiguousarray(mri, dtype=dtype), np.ascontiguousarray(other, dtype=dtype)
+        if isinstance(mri, np.ndarray) and mri.ndim == IO_RANK:
+            n, _, height, width = mri.shape
+            if n and height and width:
+                self.size_policy().check_whole(n, height, width)
         try:
-            out = self.backend.run(a, b)
+            return self.backend.run(mri, other)
         except CMINetError:
             raise
         except MemoryError:
@@ -160,11 +161,6 @@ class Fuser:
         except Exception as exc:  # ORT / TensorRT raise their own types for a graph that cannot run this input
             raise ModelFileError(f"{self.path}: {self.backend.name} failed on input "
                                  f"{'×'.join(map(str, mri.shape))} ({first_line(exc)})") from None
-        if not isinstance(out, np.ndarray) or out.dtype.kind != "f" or out.shape != mri.shape:
-            got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise ModelFileError(f"{self.path}: the model returned {got} for input {tuple(mri.shape)} "
-                                 "(a cminet model returns float of its input's shape)")
-        return out.astype(np.float32, copy=False)
 
     def size_policy(self) -> SizePolicy:
         """What fits in this machine's memory now and within the model's profile."""
@@ -183,6 +179,20 @@ class Fuser:
         if plan is None:
             return self.infer(mri[None, None], other[None, None])[0, 0]
         return run_tiled(self.infer, mri, other, plan, batch=policy.batch_for(plan))
+
+    def fuse_slices(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
+        """The network on N float H×W slices in [0, 1] (N×H×W, a volume's batch): one call
+        when they fit together, else slice by slice, each whole or in tiles as in :meth:`fuse`.
+        Returns float32 N×H×W."""
+        tile = parse_tile(tile)
+        if not isinstance(mri, np.ndarray) or mri.ndim != 3:
+            raise ImageError(f"mri: expected N×H×W slices, got {getattr(mri, 'shape', type(mri).__name__)}")
+        n, height, width = mri.shape
+        policy = self.size_policy()
+        if policy.plan(height, width, tile) is None and policy.fits(n, height, width):
+            self.last_plan = None
+            return self.infer(mri[:, None], other[:, None])[:, 0]
+        return np.stack([self._network(mri[k], other[k], tile) for k in range(n)])
 
     # -- images in, images out -----------------------------------------------------------
     def fuse(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:

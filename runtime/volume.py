@@ -179,25 +179,29 @@ class SlicePair:
                 "colormap": self.colormap}
 
 
-def _open_fuser(model, backend: str, precision: str, threads: int | None) -> tuple[Fuser, bool]:
+def _open_fuser(model, backend: str, precision: str | None, threads: int | None) -> tuple[Fuser, bool]:
     """(fuser, whether we opened it and so must close it)."""
     if isinstance(model, Fuser):
+        given = [name for name, value in (("backend", backend != AUTO), ("precision", precision is not None),
+                                          ("threads", threads is not None)) if value]
+        if given:
+            raise CMINetError(f"{', '.join(given)}: an open Fuser was given as the model; set these when opening it")
         return model, False
     return Fuser(model, backend=backend, precision=precision, threads=threads), True  # None: the shipped ONNX
 
 
 def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
                 colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
-                precision: str = "fp32", threads: int | None = None, progress: bool = False) -> Volume:
+                precision: str | None = None, threads: int | None = None, progress: bool = False) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
     uint8 X×Y×Z×3 RGB for PET and SPECT.
 
     Args:
         mri, other: a NIfTI path, a DICOM series folder, or a :class:`Volume`.
-        model: ``.onnx`` / ``.engine`` path, or an open :class:`Fuser` (then ``backend``,
-            ``precision`` and ``threads`` are its own); None: ``Fuser()``'s default, the shipped
-            ONNX of ``precision`` (``fp32`` or ``fp16``).
+        model: a model file or server URL as :class:`Fuser` takes it, or an open
+            :class:`Fuser` (then ``backend``, ``precision`` and ``threads`` are refused: they are
+            its own); None: the shipped ONNX of ``precision`` (``fp32`` by default).
         modality: ``ct``, ``pet`` or ``spect``; None: from OTHER's DICOM Modality.
         window: ``(low, high)`` or ``"low,high"`` in OTHER's units (HU for CT); None: CT
             :data:`CT_WINDOW`, PET/SPECT the volume's 0.5–99.5 percentiles.
@@ -253,9 +257,9 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
             z1 = min(z0 + batch_size, depth)
             inputs = pair.network_inputs(z0, z1)
             started = time.perf_counter()
-            fused = fuser.infer(inputs.mri[:, None], inputs.other[:, None])
+            fused = fuser.fuse_slices(inputs.mri, inputs.other)  # tiles a slice too large to fuse whole
             network += time.perf_counter() - started
-            out[z0:z1] = finish_fused(fused[:, 0], inputs)
+            out[z0:z1] = finish_fused(fused, inputs)
             bar.update(z1 - z0)
     return out, network
 

@@ -253,12 +253,12 @@ def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
     pyramid's 15.2 and 12.6 (issue #15's target), and the classical rules are not held (they
     are what cminet is compared against)."""
     from cminet.baselines import BaselineFuser, laplacian_pyramid
-    from cminet.fusion import TorchFuser
+    from cminet.fusion import DEFAULT_WEIGHTS
     from cminet.runtime import Fuser
     from cminet.runtime.folders import SAMPLES_DIR
     from cminet.runtime.imaging import finish_output, prepare_pair, read_image
 
-    ort, torch_fuser, laplacian = Fuser(backend="ort-cpu"), TorchFuser(), BaselineFuser("laplacian")
+    ort, torch_fuser, laplacian = Fuser(backend="ort-cpu"), Fuser(DEFAULT_WEIGHTS), BaselineFuser("laplacian")
     for pair_type, name in (("pet_mri", "41066.png"), ("spect_mri", "9023.png")):
         mri = read_image(SAMPLES_DIR / pair_type / "mri" / name)
         other = read_image(SAMPLES_DIR / pair_type / "other" / name)

@@ -81,7 +81,7 @@ def test_bad_inputs_give_one_line_errors_and_no_output(tmp_path, weights):
 
 def test_missing_and_corrupt_weights(tmp_path):
     result = run("fuse", CT_MRI, CT, "-o", tmp_path / "f.png", "--weights", tmp_path / "none.safetensors")
-    assert result.exit_code == 1 and "no such weights file" in result.output
+    assert result.exit_code == 1 and "none.safetensors: no such model file" in result.output
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     result = run("fuse", CT_MRI, CT, "-o", tmp_path / "f.png", "--weights", corrupt)

@@ -21,19 +21,11 @@ from click.testing import CliRunner
 
 from cminet.cli import main
 from cminet.runtime import Fuser
+from cminet.runtime.backends.triton import server_message, split_url
+from cminet.runtime.errors import ServerError
 from cminet.runtime.folders import PAIR_TYPES, SAMPLES_DIR, list_pairs
 from cminet.runtime.imaging import read_image
-from cminet.serve import (
-    ServerError,
-    TritonFuser,
-    free_port,
-    model_counters,
-    python_library_env,
-    server_message,
-    split_url,
-    start_server,
-    stop_server,
-)
+from cminet.serve import free_port, model_counters, python_library_env, start_server, stop_server
 
 from .test_triton import shipped_fp32_onnx
 
@@ -106,7 +98,7 @@ def test_concurrent_requests_are_batched(server, onnx_model):
     start = threading.Barrier(CLIENTS)
 
     def client(k: int) -> None:
-        with TritonFuser(server["url"]) as remote:
+        with Fuser(server["url"]) as remote:
             start.wait(timeout=60)
             results[k] = [remote.infer(*pairs[k]) for _ in range(REQUESTS_EACH)]
 
@@ -132,21 +124,22 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server):
 
     good = np.random.default_rng(1).random((1, 1, 32, 32), dtype=np.float32)
     two_channels = np.concatenate([good, good], axis=1)
-    with TritonFuser(server["url"]) as remote:
-        # TritonFuser.infer sends what it is given: Triton checks dtypes and shapes, the
-        # runtime in the server checks the rest.
+    with Fuser(server["url"]) as fuser:
+        # run_impl sends what it is given (Backend.run would check it here first): Triton
+        # checks dtypes and shapes, the runtime in the server checks the rest.
+        remote = fuser.backend
         for mri, other, words in ((good.astype(np.int32), good.astype(np.int32), "expects 'FP32'"),
                                   (two_channels, two_channels, "unexpected shape for input"),
                                   (good, good[..., :24], "input shapes differ")):
             with pytest.raises(ServerError, match=re.escape(words)) as caught:
-                remote.infer(mri, other)
+                remote.run_impl(mri, other)
             assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value), caught.value
         only_mri = http.InferInput("mri", list(good.shape), "FP32")
         only_mri.set_data_from_numpy(good)
         with pytest.raises(Exception) as caught:
-            remote.client.infer("cminet", [only_mri])
+            remote._client().infer("cminet", [only_mri])
         assert "missing required input(s) ['other']" in server_message(caught.value)
-        assert remote.infer(good, good).shape == good.shape  # still serving
+        assert fuser.infer(good, good).shape == good.shape  # still serving
 
 
 @pytest.mark.slow
@@ -187,8 +180,8 @@ def test_stub_finds_this_interpreters_libpython():
 
 
 def test_server_urls():
-    assert split_url("http://127.0.0.1:8000") == ("127.0.0.1:8000", False)
-    assert split_url("localhost:9000") == ("localhost:9000", False)
-    assert split_url("https://triton.example") == ("triton.example:443", True)
+    assert split_url("http://127.0.0.1:8000") == ("127.0.0.1:8000", False, "cminet")
+    assert split_url("localhost:9000/cminet_onnx") == ("localhost:9000", False, "cminet_onnx")
+    assert split_url("https://triton.example") == ("triton.example:443", True, "cminet")
     with pytest.raises(ServerError, match="expected http://HOST:PORT"):
         split_url("ftp://host")

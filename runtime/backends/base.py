@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from pathlib import Path
 
 import numpy as np
 
-from ..contract import MIN_SIDE, ShapeProfile, backend_spec
-from ..errors import CMINetError
+from ..contract import IO_CHANNELS, IO_RANK, MIN_SIDE, ContractError, ShapeProfile, backend_spec
+from ..errors import CMINetError, ImageError, ModelFileError
 
 
 class BackendUnavailable(CMINetError):
@@ -26,7 +27,9 @@ class BackendUnavailable(CMINetError):
 
 class Backend:
     """Runs the fusion network. Subclasses set ``name``, ``precision``, ``input_dtype`` and
-    ``profile`` in ``__init__(path, name, **options)``."""
+    ``profile`` (their metadata) in ``__init__(path, name, <the options they honour>)`` and
+    implement :meth:`run_impl`; :meth:`run` checks every call against that metadata once, for
+    all backends (Polygraphy's ``BaseRunner.infer`` / ``infer_impl``)."""
 
     name = "abstract"
     precision = "fp32"
@@ -35,6 +38,34 @@ class Backend:
     config_json: str | None = None  # the CMINetConfig the model was exported from, where it says
 
     def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """float N×1×H×W arrays in [0, 1] → float32 N×1×H×W, device work finished."""
+        for label, x in (("mri", mri), ("other", other)):
+            if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float16):
+                got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+                raise ImageError(f"{label}: expected a float32/float16 numpy array, got {got}")
+            if x.ndim != IO_RANK or x.shape[1] != IO_CHANNELS:
+                raise ImageError(f"{label}: expected shape N×1×H×W, got {x.shape}")
+        if mri.shape != other.shape:
+            raise ImageError(f"input shapes differ: mri {mri.shape}, other {other.shape}")
+        if 0 in mri.shape:
+            raise ImageError(f"mri: empty input of shape {mri.shape}")
+        self.profile.check(mri.shape)
+        if not (np.isfinite(mri).all() and np.isfinite(other).all()):
+            raise ImageError("inputs contain NaN or Inf")
+        a, b = (np.ascontiguousarray(x, dtype=self.input_dtype) for x in (mri, other))
+        out = self.run_impl(a, b)
+        model = getattr(self, "path", None) or self.name
+        if not isinstance(out, np.ndarray) or out.dtype.kind != "f":
+            got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
+            raise ModelFileError(f"{model}: the model returned {got} for input {tuple(mri.shape)} "
+                                 "(a cminet model returns float)")
+        if out.shape != mri.shape:  # a graph that is not the fusion network
+            raise ModelFileError(f"{model}: the model returned shape {tuple(out.shape)} for input "
+                                 f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
+        return out.astype(np.float32, copy=False)
+
+    def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
+        """The network on checked, contiguous N×1×H×W arrays of ``input_dtype``."""
         raise NotImplementedError
 
     def info(self) -> dict:
@@ -73,15 +104,43 @@ def missing_requirement(name: str) -> str | None:
     return None
 
 
-def open_backend(name: str, path: str | Path, **options) -> Backend:
-    """Open backend ``name`` on ``path``; a missing package is one line saying what to install."""
+def backend_options(name: str) -> tuple[str, ...]:
+    """The options backend ``name`` honours: its class's keyword parameters (so a backend
+    declares them once, in its own ``__init__``). Imports the backend's module."""
+    cls = _backend_class(name)
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, path, name
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _backend_class(name: str) -> type[Backend]:
     spec = backend_spec(name)
     missing = missing_requirement(name)
     if missing:
         raise BackendUnavailable(f"{name}: the {missing} package is not installed ({spec.install})")
     module_name, _, class_name = spec.opener.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(Path(path), name, **options)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["Backend", "BackendUnavailable", "missing_requirement", "open_backend", "profile_from_dims"]
+def open_backend(name: str, path: str | Path, **options) -> Backend:
+    """Open backend ``name`` on ``path`` (a file, or a server URL for ``triton``). A missing
+    package is one line saying what to install; an option the backend does not honour is
+    refused, never dropped (options left at None are not passed)."""
+    cls = _backend_class(name)
+    options = {key: value for key, value in options.items() if value is not None}
+    accepted = backend_options(name)
+    # A backend that cannot choose a precision runs the file's own: asking for another is refused.
+    precision = None if "precision" in accepted else options.pop("precision", None)
+    for key in options:
+        if key not in accepted:
+            offers = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
+            raise ContractError(f"{key}: the {name} backend cannot honour this option ({offers})")
+    backend = cls(path if backend_spec(name).runs == "url" else Path(path), name, **options)
+    if precision is not None and precision != backend.precision:
+        backend.close()
+        raise ContractError(f"precision: {precision} asked for, but {path} is a {backend.precision} model "
+                            f"({name} runs a model in its own precision)")
+    return backend
+
+
+__all__ = ["Backend", "BackendUnavailable", "backend_options", "missing_requirement", "open_backend",
+           "profile_from_dims"]

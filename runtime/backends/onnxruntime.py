@@ -110,11 +110,14 @@ def provider_chain(backend: str, path: Path, device: int) -> list:
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, path: Path, name: str = "ort-cpu", device: int = 0, threads: int | None = None,
-                 optimization: str = "all", **_options):
+    def __init__(self, path: Path, name: str = "ort-cpu", device: int | None = None, threads: int | None = None,
+                 optimization: str = "all"):
         backend = backend_spec(name).name
         if backend not in ORT_PROVIDERS:
             raise BackendUnavailable(f"{backend} is not an ONNX Runtime backend ({', '.join(ORT_PROVIDERS)})")
+        if device is not None and not backend_spec(backend).gpu:
+            raise ContractError(f"device: {backend} runs on the CPU; a CUDA device needs ort-cuda or ort-trt")
+        device = device or 0
         if optimization not in OPT_LEVELS:
             raise ContractError(f"optimization: expected one of {', '.join(OPT_LEVELS)}, got {optimization!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -162,7 +165,7 @@ class OnnxRuntimeBackend(Backend):
         self.output_name = self.session.get_outputs()[0].name
         self.use_binding = self.providers[0] != "CPUExecutionProvider"
 
-    def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
+    def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         feeds = dict(zip(INPUT_NAMES, (mri, other), strict=True))
         if not self.use_binding:
             out = self.session.run(None, feeds)[0]
@@ -174,10 +177,7 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(self.output_name, "cuda", self.device)
             self.session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()[0]
-        if out.shape != mri.shape:  # a graph that is not the fusion network
-            raise ModelFileError(f"{self.path}: the model returned shape {tuple(out.shape)} for input "
-                                 f"{tuple(mri.shape)} (a cminet model returns its input's shape)")
-        return out.astype(np.float32, copy=False)
+        return out
 
     def info(self) -> dict:
         session_options = self.session.get_session_options()

@@ -122,7 +122,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precision = "fp16"
 
-    def __init__(self, path: str | Path, name: str = "tensorrt", device: int = 0, **_options: Any):
+    def __init__(self, path: str | Path, name: str = "tensorrt", device: int = 0):
         path = Path(path)
         meta = read_sidecar(path)
         trt = import_tensorrt()
@@ -201,11 +201,10 @@ class TensorRTBackend(Backend):
         return views, self._device_ptrs
 
     # -- inference ----------------------------------------------------------------------
-    def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
+    def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         if self.cuda is None or self.context is None:
             raise RuntimeError("this TensorRT backend is closed")
         shape = tuple(int(v) for v in mri.shape)
-        self.profile.check(shape)
         with self._lock, self.cuda.activate():
             host, device = self._buffers_for(shape)
             for tensor, array in zip(INPUT_NAMES, (mri, other), strict=True):
