@@ -2,7 +2,7 @@
 minutes, written to ``benchmarks/results/<gpu>-<date>.json`` (``--out DIR`` elsewhere).
 
     PYTHONPATH=. python -m cminet.benchmarks.gpu_check            # what `make gpu-check` runs
-    python -m cminet.benchmarks.report benchmarks/results/<gpu>-<date>.json   # → README rows
+    python -m cminet.benchmarks.report benchmarks/results/<gpu>-<date>.json   # → markdown rows (docs/export-and-gpu.md)
 
 Stage A (any CUDA GPU):
   torch-latency      PyTorch CUDA FP32 / FP16 latency (CUDA events) at 256², 512², 1024², and 4×1024²

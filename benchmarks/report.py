@@ -1,11 +1,11 @@
 """Render recorded benchmark JSON files (``cminet-bench --record`` and ``make gpu-check``)
-as the README's performance tables.
+as the performance tables in docs/.
 
     python -m cminet.benchmarks.report benchmarks/results/*.json            # print markdown
-    python -m cminet.benchmarks.report --readme README.md benchmarks/results/*.json
+    python -m cminet.benchmarks.report --readme docs/benchmarks.md benchmarks/results/*.json
 
 With ``--readme`` the table replaces the text between ``<!-- bench:start -->`` and
-``<!-- bench:end -->`` so the README always shows what the recorded files hold.
+``<!-- bench:end -->`` so the page always shows what the recorded files hold.
 """
 
 from __future__ import annotations

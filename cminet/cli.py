@@ -541,7 +541,7 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
     output fused; concurrent requests of one size are batched. Clients:
       cminet fuse --server http://127.0.0.1:8000 mri.png pet.png -o fused.png
     or any Triton client (HTTP/REST, gRPC). Needs: pip install 'cminet[serve]'.
-    Measure it (one run, the README table):
+    Measure it (one run, the table in docs/serving.md):
       cminet serve --benchmark --model cminet.onnx
     """
     from cminet import serve as serving

@@ -13,7 +13,7 @@ One file, one model (timm style). The architecture follows the paper summarised 
   (K) times. LFE = densely connected convs with GDA units and a local residual; GDA =
   1×1 conv → spatial + channel attention → GADN (gated adaptive normalisation).
 
-Choices this project made where the paper is silent (see the README):
+Choices this project made where the paper is silent (see docs/model.md):
 
 * Attention keys/values are average-pooled ``kv_pool``× (spatial-reduction attention,
   as in PVT). Queries stay at full token resolution, so attention stays global, but its
@@ -28,7 +28,7 @@ Choices this project made where the paper is silent (see the README):
   is the max rule). With the paper's plain sigmoid head (``output = "sigmoid"``) the model
   trained here stayed well below the max rule on MI and VIF on validation pairs; the
   residual keeps source intensities and lets the network spend its capacity on structure
-  and texture. Measured numbers are in the README.
+  and texture. Measured numbers are in docs/training.md.
 """
 
 from __future__ import annotations

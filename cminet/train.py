@@ -58,7 +58,7 @@ class TrainOptions:
     init: Path | None = None  # start from these weights (fine-tuning)
     reset_head: bool = False  # with init: zero the output correction (start from the max rule)
     lr_scaling: str = "sqrt"  # how lr grows with the global batch under DDP (see scaled_lr)
-    colour_hold: bool = False  # train through the runtime's colour hold (pair with loss.fov; README)
+    colour_hold: bool = False  # train through the runtime's colour hold (pair with loss.fov; docs/training.md)
     loss: LossWeights = field(default_factory=LossWeights)
     model: CMINetConfig = field(default_factory=CMINetConfig)
 

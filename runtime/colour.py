@@ -7,7 +7,7 @@ Why a hold. The fused image takes its colour (Cb/Cr) from the PET/SPECT and its 
 reads olive and red dims: the colour scale, which is what a nuclear-medicine reader reads, no
 longer tells the uptake. A loss term that asks the network to keep the functional image's
 local brightness made it bistable inside the SPECT colour (all-MRI for some weights,
-all-SPECT for others) and let a crop flip it (README, "The shipped weights"). So the network's
+all-SPECT for others) and let a crop flip it (docs/colour-experiments.md). So the network's
 output goes through a fixed base/detail step instead: on the functional source's coloured
 pixels the fused Y takes its low-pass *base* from the functional image and keeps the
 network's *detail* (everything finer than ``HOLD_SIGMA``, where the MRI's structure lives):
@@ -30,7 +30,7 @@ the output does not depend on the field of view. CT and grey inputs have no weig
 are left as the network made them. ``cminet train --colour-hold`` runs the same step in torch
 (:func:`cminet.losses.colour_hold`), so the network learns to give the detail; the shipped
 weights were trained through it, with ``--w-fov`` keeping their own output independent of
-the field of view (README, "The shipped weights").
+the field of view (docs/colour-experiments.md).
 
 Colour space: CIE 1976 L*a*b* from sRGB (IEC 61966-2-1 transfer function and sRGB→XYZ
 matrix, D65 white) with the CIE 15:2004 (§8.2.1) Lab formula.

@@ -144,7 +144,7 @@ ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 # threads that busy-wait between ops steal the core the next op needs whenever another
 # process holds one; measured interleaved on a shared 2-core EPYC, spinning made the 256²
 # latency 1.2-1.8x slower under load and bought 2-6 % (within the spread) when it was
-# quieter (README "CPU speed").
+# quieter (docs/cpu-performance.md).
 ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 # OpenVINO CPU plugin settings for ov-cpu: one request at a time (latency); FP32 pinned (on
 # CPUs with AMX / AVX-512 BF16 the plugin's default is BF16, outside the FP32 tolerance);

@@ -1,6 +1,6 @@
 """Output files: written atomically, and nothing that is not a regular file is ever replaced.
 
-What happens to each kind of output path (the README's "Bad input" section says the same):
+What happens to each kind of output path (docs/bad-input.md says the same):
 
 * a new path, or an existing regular file: the content goes to a hidden temporary file
   beside it, renamed over the path when complete, so a crash, Ctrl-C or error never leaves

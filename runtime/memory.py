@@ -9,7 +9,7 @@ with Hp, Wp the sides padded to the network's multiple and T = Hp·Wp/p² the to
 The last term is the attention matrix (queries × pooled keys): it grows with the square of
 the token count, so it is 60 % of the total at 1024² and 90 % at 2048². The coefficients
 were measured (peak RSS above the loaded model, one process per size, 128² … 1280²; the
-README's "Bad input" section has the numbers) and rounded up, so the estimate errs high.
+docs/bad-input.md has the numbers) and rounded up, so the estimate errs high.
 
 GPU backends keep their activations in GPU memory, which this module does not model: their
 limit is the engine's profile, and an out-of-memory failure is reported as one line.

@@ -5,7 +5,7 @@ Each tile is fused on its own; where tiles overlap, their outputs are averaged w
 that ramp linearly from the tile's edge to its inside, so no seam shows and the borders of
 a tile (where its convolutions saw padding) count least. The network's attention and its
 global statistics see one tile at a time, so a tiled result is close to, not equal to, the
-whole-image result (README "Bad input" gives the measured difference); an image that fits
+whole-image result (docs/bad-input.md gives the measured difference); an image that fits
 is always fused whole.
 """
 

@@ -60,9 +60,9 @@ CT_WINDOW = (-160.0, 240.0)  # HU: brain / soft tissue (level 40, width 400); bo
 MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
 OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
 # Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
-# the peak RSS of batch 1 for 256×256 slices (504 vs 251 MiB for the README volume) and is not
-# reliably quicker: 19 % slower per slice on the idle 2-core CPU (README benchmark, 41.7 vs
-# 51.3 ms), 13 % quicker when other jobs share it (README "Volumes"). Many-core hosts and
+# the peak RSS of batch 1 for 256×256 slices (504 vs 251 MiB for the docs/volumes.md volume) and is not
+# reliably quicker: 19 % slower per slice on the idle 2-core CPU (docs/benchmarks.md, 41.7 vs
+# 51.3 ms), 13 % quicker when other jobs share it (docs/volumes.md). Many-core hosts and
 # GPUs want batches (--batch-size; on a GPU capped by an engine's profile).
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 4

@@ -33,7 +33,7 @@ TISSUES = {
     "lesion": (460.0, 45.0, 32000.0),
 }
 COLUMN = {"mri": 0, "ct": 1, "pet": 2}
-# The grids the README's timing uses: a 256×256×150 MRI, a 128×128×90 PET.
+# The grids the timing in docs/volumes.md uses: a 256×256×150 MRI, a 128×128×90 PET.
 GRIDS = {
     "mri": ((256, 256, 150), (1.0, 1.0, 1.2), "RAS"),
     "pet": ((128, 128, 90), (2.0, 2.0, 2.0), "LAS"),

@@ -1,4 +1,4 @@
-"""Issue #15 experiment behind the README's "A wider SPECT selection set": can a
+"""Issue #15 experiment behind docs/colour-experiments.md, "A wider SPECT selection set": can a
 smooth lightness correction after the colour hold bring the fused SPECT (and PET) colours
 within the Laplacian pyramid's ColourDE while CMINet keeps the best mean rank? Scores the
 shipped network (ONNX Runtime, torch-free) on selection sets carved from the train split

@@ -1,4 +1,4 @@
-"""Issue #17 experiments behind the README's "CPU speed" section: each one times variants
+"""Issue #17 experiments behind docs/cpu-performance.md: each one times variants
 interleaved in one process (A, B, C, then C, B, A, ...) so load from other processes hits
 them alike, at batch 1 and 2 threads. Timing only: these are not product code and not tests.
 

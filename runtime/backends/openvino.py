@@ -16,7 +16,7 @@ left alone (there the same rewrite measured no faster).
 
 Static shapes. The ONNX keeps N, H and W dynamic, and compiled that way OpenVINO's CPU plugin
 runs slower kernels (on a 2-core AMD EPYC: 189 against 141 ms at 256², 740 against 588 ms at
-512², 48 against 36 ms at 128²; README "CPU speed"). So each input shape gets its own
+512², 48 against 36 ms at 128²; docs/cpu-performance.md). So each input shape gets its own
 static compilation on first sight (about 1 s), kept for the next call: a device fuses one
 slice size, and tiles all have the tile's size. The last ``STATIC_SHAPES_KEPT`` shapes are
 kept; an older one is compiled again if it comes back.
