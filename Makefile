@@ -11,7 +11,7 @@ OUT ?= out
 
 TYPESTUBS := $(VENV)/typestubs
 
-.PHONY: demo test test-stacks lint gpu-check clean shipped-onnx
+.PHONY: demo test test-stacks test-aarch64 lint gpu-check clean shipped-onnx
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test: $(BIN)/.installed $(SERVE_BIN)/.installed lint
 ## at the declared minimums, the newest Python and wheels, and cminet[serve,volume]); pyenv's Pythons
 test-stacks:
 	$(PYTHON) tests/stacks/run.py $(STACKS)
+
+## test-aarch64: the torch-free smoke on aarch64 (a Jetson's CPU) under qemu-user, compared with
+## this machine's result (installs qemu-user-static; tests/stacks/aarch64.sh)
+test-aarch64: $(BIN)/.installed
+	HOSTPY=$(CURDIR)/$(BIN)/python bash tests/stacks/aarch64.sh
 
 lint: $(BIN)/.installed $(TYPESTUBS)/.installed
 	$(BIN)/ruff check .
