@@ -271,8 +271,9 @@ def graph_flops(onnx_path: str, sizes: list[tuple[int, int]]) -> dict[tuple[int,
 
 
 def goal_check(rows: list[dict], peak_gflops: float) -> dict | None:
-    """Issue #17's goal at 256², batch 1: the fastest CPU runtime backend's p50 against the
-    time this machine's sgemm (at its measured peak) needs for 2 × the model's FLOPs."""
+    """The sgemm goal at 256², batch 1 (retired as a target, kept as a measurement): the
+    fastest CPU runtime backend's p50 against the time this machine's sgemm (at its measured
+    peak) needs for 2 × the model's FLOPs."""
     from .versus_peak import GOAL_FLOP_FACTOR, GOAL_SIZE
 
     candidates = [r for r in rows if (r["height"], r["width"]) == GOAL_SIZE and r["batch"] == 1 and r.get("flops")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cminet.cli import CONTEXT, BoundaryCommand, require
+from cminet.runtime.command_line import CONTEXT, BoundaryCommand, require
 from cminet.runtime.contract import BACKENDS, ContractError, parse_size
 from cminet.runtime.files import atomic_output, check_output, write_text_atomic
 
@@ -47,9 +47,9 @@ def print_table(rows: list[dict]) -> None:
 
 def print_goal(goal: dict | None) -> None:
     if goal is None:
-        click.echo("goal (issue #17): needs a 256×256 batch-1 CPU runtime row and the FLOP count; not checked")
+        click.echo("sgemm goal: needs a 256×256 batch-1 CPU runtime row and the FLOP count; not checked")
         return
-    click.echo(f"goal (issue #17): fastest CPU runtime at 256², batch 1 = {goal['backend']} {goal['precision']} "
+    click.echo(f"sgemm goal: fastest CPU runtime at 256², batch 1 = {goal['backend']} {goal['precision']} "
                f"{goal['p50_ms']:.1f} ms; sgemm at the measured peak needs {goal['budget_ms']:.1f} ms for 2 × the "
                f"model's FLOPs → ratio {goal['ratio']:.2f} {'PASS' if goal['passed'] else 'FAIL'} (≤ 1 passes)")
 
@@ -147,8 +147,9 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--profile-ops", is_flag=True,
               help="Where the CPU time goes, by op type (ONNX Runtime's profiler; OpenVINO's counters if installed).")
 @click.option("--interleaved", is_flag=True,
-              help="Also time ort-cpu (before/after issue #17), ov-cpu, IFCNN (a timing reference) and numpy sgemm "
-                   "interleaved in one process at each size: latency vs sgemm and IFCNN (needs cminet[train]).")
+              help="Also time ort-cpu (with and without spinning threads), ov-cpu, IFCNN (a timing reference) and "
+                   "numpy sgemm interleaved in one process at each size: latency vs sgemm and IFCNN "
+                   "(needs cminet[train]).")
 @click.option("--blocks", default=6, show_default=True, type=click.IntRange(min=2),
               help="--interleaved: alternating blocks per method (each one warm-up + --iters/--blocks timed runs).")
 @click.option("--no-drift", is_flag=True, help="Skip the drift check against FP32 PyTorch outputs.")

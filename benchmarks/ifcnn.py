@@ -1,6 +1,6 @@
 """IFCNN as an ONNX graph: a TIMING REFERENCE ONLY, never a fusion method of this project.
 
-Issue #17 measures CMINet's CPU latency against IFCNN (Zhang et al., Information Fusion
+The CPU speed notes measure CMINet's CPU latency against IFCNN (Zhang et al., Information Fusion
 2020) run through the same ONNX Runtime in the same run. This builds the published
 architecture with random (He-initialised) weights, because only its arithmetic matters for
 timing: its outputs mean nothing. Per input: ResNet-101's first convolution (7×7, 3→64,

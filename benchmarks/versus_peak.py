@@ -8,7 +8,7 @@ median of its block medians, and the spread of block medians is reported beside 
 sgemm rate measured between the blocks is the compute roof the latency is set against.
 
 Methods at each size: the shipped FP32 ONNX on ONNX Runtime with the settings cminet used
-before issue #17 (``before``: intra-op threads spinning), with today's settings
+with ONNX Runtime's defaults (``before``: intra-op threads spinning), with today's settings
 (:data:`~cminet.runtime.contract.ORT_SESSION_CONFIG`), on OpenVINO where installed, and
 IFCNN (:mod:`cminet.benchmarks.ifcnn`, a timing reference with random weights) on ONNX
 Runtime with today's settings.
@@ -36,7 +36,7 @@ import numpy as np
 GOAL_SIZE = (256, 256)
 GOAL_FLOP_FACTOR = 2.0  # latency ≤ sgemm time for 2 × the model's FLOPs
 SGEMM_N = 1024  # numpy FP32 GEMM of this side: 2.1 GFLOP a call
-BEFORE = {"session.intra_op.allow_spinning": "1"}  # ONNX Runtime's default, cminet's before #17
+BEFORE = {"session.intra_op.allow_spinning": "1"}  # ONNX Runtime's default, cminet's before spinning was turned off
 
 
 def _ort_session(path: str, threads: int, config: dict[str, str]):
@@ -59,7 +59,7 @@ def methods(model: str, ifcnn: str | None, threads: int) -> dict[str, Callable[[
 
     found: dict[str, Callable] = {}
     before = _ort_session(model, threads, BEFORE)
-    found["ort-cpu before #17"] = lambda a, b: before.run(None, {"mri": a, "other": b})
+    found["ort-cpu spinning"] = lambda a, b: before.run(None, {"mri": a, "other": b})
     for name in ("ort-cpu", "ov-cpu"):
         if missing_requirement(name) is None:
             backend = open_backend(name, model, threads=threads)

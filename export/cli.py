@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cminet.cli import CONTEXT, BoundaryCommand, require
+from cminet.runtime.command_line import CONTEXT, BoundaryCommand, require
 from cminet.runtime.contract import REFERENCE_FILE, SHIPPED_ONNX, validate_profile
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import check_output, publish, staging_folder, write_text_atomic

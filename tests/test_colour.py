@@ -250,7 +250,7 @@ def test_shipped_model_keeps_the_pet_and_spect_colours(tmp_path):
     hold takes the fused colours closer to the PET/SPECT than the bare network's output
     (measured ColourDE 14.4 vs 19.1 PET, 12.6 vs 13.9 SPECT with the weights trained through
     the hold; 23.1 vs 29.8 and 15.4 vs 17.6 with the previous ones), level with the Laplacian
-    pyramid's 15.2 and 12.6 (issue #15's target), and the classical rules are not held (they
+    pyramid's 15.2 and 12.6 (the colour target), and the classical rules are not held (they
     are what cminet is compared against)."""
     from cminet.baselines import BaselineFuser, laplacian_pyramid
     from cminet.fusion import DEFAULT_WEIGHTS

@@ -1,4 +1,4 @@
-"""Issue #17, CPU speed: ONNX Runtime's session settings, the OpenVINO backend (ov-cpu) and
+"""CPU speed: ONNX Runtime's session settings, the OpenVINO backend (ov-cpu) and
 how backend="auto" chooses between them, the FLOP count from the ONNX graph, the
 interleaved latency-vs-sgemm comparison, and the INT8 export gate."""
 
@@ -249,7 +249,7 @@ def test_onnx_flops_agree_with_pytorch_and_ifcnn_is_17_gflops(random_export, ran
 
 def _raw(cminet_ms, ifcnn_ms, rates):
     return {"sizes": [{"height": 256, "width": 256, "sgemm_gflops": rates,
-                       "block_ms": {"ort-cpu before #17": [300.0] * len(rates), "ort-cpu": cminet_ms,
+                       "block_ms": {"ort-cpu spinning": [300.0] * len(rates), "ort-cpu": cminet_ms,
                                     "ov-cpu": [200.0] * len(rates), "IFCNN ort-cpu": ifcnn_ms}}]}
 
 

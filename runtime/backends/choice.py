@@ -1,7 +1,7 @@
 """What ``backend="auto"`` runs an FP32 ONNX with on a CPU: ``ort-cpu`` or ``ov-cpu``.
 
 Neither is faster everywhere: on one 2-core EPYC, OpenVINO took 0.66-1.3x ONNX Runtime's
-latency on a quiet machine (issue #17) and 1.03-1.72x while other processes shared it
+latency on a quiet machine and 1.03-1.72x while other processes shared it
 (docs/cpu-performance.md), and a network without the attention gates runs faster on OpenVINO.
 So the rule is a measurement, not a preference: where OpenVINO is installed, the first
 ``auto`` open of a model on a machine times both backends on it, interleaved (A, B,
