@@ -23,6 +23,7 @@ from cminet.runtime.command_line import (
     require,
 )
 from cminet.runtime.errors import CMINetError
+from cminet.runtime.modality import MODALITIES
 
 
 @click.group(cls=BoundaryGroup, context_settings=CONTEXT)
@@ -433,7 +434,7 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
 @click.argument("other", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Fused NIfTI (.nii or .nii.gz) on the MRI grid: uint8 grey for CT, RGB24 for PET/SPECT.")
-@click.option("--modality", type=click.Choice(["ct", "pet", "spect"], case_sensitive=False),
+@click.option("--modality", type=click.Choice(tuple(MODALITIES), case_sensitive=False),
               help="What OTHER is. Default: its DICOM Modality (CT, PT, NM); NIfTI needs this option.")
 @click.option("--window", metavar="LOW,HIGH",
               help="OTHER's display range in its own units: HU for CT (default -160,240), e.g. Bq/ml or SUV "

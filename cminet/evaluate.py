@@ -29,6 +29,7 @@ from cminet.runtime.errors import CMINetError
 from cminet.runtime.files import atomic_output, write_text_atomic
 from cminet.runtime.folders import Fuses, PairRef
 from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write_image
+from cminet.runtime.modality import from_pair_type
 
 RANKED = ("MI", "VIF", "Qabf", "SF")  # the paper's four, higher is better
 REPORTED = (*METRICS, *COLOUR_METRICS)
@@ -51,10 +52,17 @@ def luma(image: np.ndarray) -> np.ndarray:
     return rgb_to_ycbcr(image)[..., 0] if image.ndim == 3 else image.astype(np.float64)
 
 
+def functional_pair(ref: PairRef, other: np.ndarray) -> bool:
+    """A pair whose other image is a functional colour image: PET or SPECT by its folder
+    (:mod:`cminet.runtime.modality`), or, for a folder the table does not know, by colour."""
+    row = from_pair_type(ref.pair)
+    return (row.functional if row is not None else True) and other.ndim == 3
+
+
 def pair_variants(ref: PairRef, mri: np.ndarray, other: np.ndarray, shifted: int):
-    """(name, MRI, other) for the pair as read and, for a colour pair, its shifted copies."""
+    """(name, MRI, other) for the pair as read and, for a functional pair, its shifted copies."""
     yield ref.name, mri, other
-    if other.ndim == 3 and shifted:
+    if functional_pair(ref, other) and shifted:
         seed = sum(map(ord, f"{ref.pair}/{ref.name}"))  # stable across runs and machines
         for k in range(shifted):
             mri_k, other_k, palette = shifted_rgb_pair(mri, other, seed * 7919 + k)
@@ -93,7 +101,7 @@ def run_evaluation(refs: list[PairRef], methods: dict[str, Fuses | FolderMethod]
                     continue
                 if not copy:
                     images[ref][method_name] = fused
-                colour = (colour_fidelity(other, fused) if other.ndim == 3 and fused.ndim == 3
+                colour = (colour_fidelity(other, fused) if functional_pair(ref, other) and fused.ndim == 3
                           else dict.fromkeys(COLOUR_METRICS, float("nan")))
                 rows.append({"pair": ref.pair, "name": name, "method": method_name, **evaluate(a, b, f), **colour})
     return rows, images, failures

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from .errors import CMINetError
 from .imaging import read_image, write_image
+from .modality import PAIR_TYPES as MODALITY_PAIR_TYPES
 
 SAMPLES_DIR = Path(str(resources.files("cminet") / "samples"))  # three test pairs shipped with cminet
 
 
-PAIR_TYPES = ("ct_mri", "pet_mri", "spect_mri")
+PAIR_TYPES = MODALITY_PAIR_TYPES  # ct_mri, pet_mri, spect_mri
 
 
 @dataclass(frozen=True)

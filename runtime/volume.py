@@ -35,10 +35,12 @@ from .contract import AUTO, BACKENDS
 from .errors import CMINetError
 from .fuser import Fuser
 from .imaging import PreparedPair, finish_fused, prepare_pair, to_uint8, validate_image, write_image
+from .modality import MODALITIES as MODALITY_TABLE
+from .modality import from_dicom
+from .modality import modality as modality_row
 from .palettes import DEFAULT_COLORMAP, GRAY, apply_palette, check_colormap
 from .volume_geometry import DisplayGrid, Resampler, check_overlap, display_grid
 from .volume_io import (
-    MODALITY_NAMES,
     GeometryError,
     Volume,
     VolumeError,
@@ -54,9 +56,8 @@ __all__ = ["Volume", "VolumeError", "GeometryError", "fuse_volume", "load_volume
            "save_dicom_series", "save_png_slices", "montage", "check_nifti_path", "check_output_folder",
            "MODALITIES", "CT_WINDOW"]
 
-MODALITIES = tuple(MODALITY_NAMES)  # ct, pet, spect
-DICOM_MODALITIES = {"CT": "ct", "PT": "pet", "NM": "spect"}  # DICOM Modality → ours
-CT_WINDOW = (-160.0, 240.0)  # HU: brain / soft tissue (level 40, width 400); bone stays white
+MODALITIES = tuple(MODALITY_TABLE)  # ct, pet, spect
+CT_WINDOW = MODALITY_TABLE["ct"].window
 MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
 OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
 # Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
@@ -94,12 +95,10 @@ def window_to_uint8(values: np.ndarray, window: tuple[float, float]) -> np.ndarr
 def resolve_modality(modality: str | None, other: Volume) -> str:
     """ct / pet / spect: as given, else from the DICOM Modality, else a one-line error."""
     if modality is not None:
-        key = str(modality).strip().lower()
-        if key not in MODALITIES:
-            raise CMINetError(f"modality: expected one of {', '.join(MODALITIES)}, got {modality!r}")
-        return key
-    if other.modality in DICOM_MODALITIES:
-        return DICOM_MODALITIES[other.modality]
+        return modality_row(modality).key
+    found = from_dicom(other.modality)
+    if found is not None:
+        return found.key
     if other.modality:
         raise CMINetError(f"OTHER {other.source}: DICOM Modality {other.modality} is not CT, PT or NM; "
                           "say which it is with --modality ct|pet|spect")
@@ -123,15 +122,16 @@ class SlicePair:
     def __init__(self, mri: Volume, other: Volume, modality: str, window=None, colormap: str = DEFAULT_COLORMAP,
                  mri_window=None):
         self.modality = modality
-        self.colormap = check_colormap(colormap) if modality != "ct" else GRAY
+        row = modality_row(modality)
+        self.colormap = check_colormap(colormap) if row.functional else GRAY
         self.grid: DisplayGrid = display_grid(mri)
         self.mri = self.grid.to_display(mri.data)
         self.mri_window = parse_window(mri_window) if mri_window is not None else percentile_window(
             mri.data, MRI_PERCENTILES)
         if window is not None:
             self.window = parse_window(window)
-        elif modality == "ct":
-            self.window = CT_WINDOW
+        elif row.window is not None:
+            self.window = row.window
         else:
             self.window = percentile_window(other.data, OTHER_PERCENTILES)
         # Outside OTHER's scan: its lowest value, which every window above shows as black.
@@ -217,7 +217,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     if window is not None:
         parse_window(window)
     mri, other = _as_volume(mri, "MRI"), _as_volume(other, "OTHER")
-    if mri.modality in DICOM_MODALITIES:
+    if from_dicom(mri.modality) is not None:
         raise CMINetError(f"MRI {mri.source}: a {mri.modality} series, not MR; are MRI and OTHER swapped?")
     modality = resolve_modality(modality, other)
     coverage = check_overlap(mri, other)
@@ -311,7 +311,7 @@ def montage(mri, other, fused: Volume, height: int = 256) -> np.ndarray:
         rows_of_panels.append([cv2.resize(_rgb(np.ascontiguousarray(p)), (width, height),
                                           interpolation=cv2.INTER_LINEAR) for p in panels])
     cell = max(row[0].shape[1] for row in rows_of_panels)  # every column as wide as the widest panel
-    sheet = [_header(["MRI", MODALITY_NAMES[info["modality"]], "fused"], cell, cv2)]
+    sheet = [_header(["MRI", modality_row(info["modality"]).name, "fused"], cell, cv2)]
     for row in rows_of_panels:
         pad = cell - row[0].shape[1]
         sheet.append(np.concatenate([np.pad(p, ((0, 0), (pad // 2, pad - pad // 2), (0, 0))) for p in row], axis=1))

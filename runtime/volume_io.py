@@ -35,7 +35,6 @@ ORIENTATION_ATOL = 1e-3  # direction cosines this close (≤ 0.06°): one orient
 NIFTI_XFORM_SCANNER_ANAT = 1
 # What the NIfTI header and the DICOM series say about a fused volume.
 FUSED_DESCRIPTION = "cminet fused display image, not for quantitation"
-MODALITY_NAMES = {"ct": "CT", "pet": "PET", "spect": "SPECT"}
 
 
 class VolumeError(ImageError):
