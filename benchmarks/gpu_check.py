@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from cminet.runtime.compare import psnr
+from cminet.runtime.backends.base import open_backend
+from cminet.runtime.compare import compare, psnr
+from cminet.runtime.contract import TOLERANCES
 from cminet.runtime.files import write_bytes_atomic
 
 from .machine import cpu_model, git_commit, versions
@@ -50,7 +52,6 @@ from .stats import latency_summary, throughput_ips
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SIZES = ((256, 1), (512, 1), (1024, 1), (1024, 4))  # (side, batch); 4×1024² is the default engine profile's max
-MIN_ENGINE_PSNR_DB = 40.0
 
 
 class Skip(Exception):  # noqa: N818 - a step's "not here, because ..."
@@ -228,16 +229,22 @@ class Check:
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise Skip(f"onnxruntime {ort.__version__} has no CUDA provider (CPU build)")
-        from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
         model, (a, b) = self.onnx("fp32"), self.sample()
-        gpu = OnnxRuntimeBackend(model, "ort-cuda", self.args.device)
-        cpu = OnnxRuntimeBackend(model, "ort-cpu")
-        got, want = gpu.run(a, b), cpu.run(a, b)
-        result: dict[str, Any] = {"max_abs": float(np.abs(got - want).max()), "psnr_db": psnr(want, got),
-                                  "providers": gpu.providers}
-        if result["max_abs"] > 1e-3:
-            raise AssertionError(f"ort-cuda differs from ort-cpu by {result['max_abs']:.2e}")
+        gpu = open_backend("ort-cuda", model, device=self.args.device)
+        cpu = open_backend("ort-cpu", model)
+        return self.parity(cpu.run(a, b), gpu.run(a, b), "fp32", "ort-cuda vs ort-cpu FP32",
+                           providers=getattr(gpu, "providers", None))
+
+    @staticmethod
+    def parity(want: np.ndarray, got: np.ndarray, precision: str, what: str, **extra) -> dict:
+        """The contract's comparison (:func:`cminet.runtime.compare.compare`) against its
+        tolerance for ``precision``; raises when it does not hold."""
+        comparison, tolerance = compare(want, got), TOLERANCES[precision]
+        result: dict[str, Any] = {"max_abs": comparison.max_abs, "psnr_db": comparison.psnr_db,
+                                  "grey_levels": comparison.grey_levels, **extra}
+        if not comparison.passed(tolerance):
+            raise AssertionError(f"{what}: {comparison.summary()} (tolerance max |Δ| {tolerance.max_abs:g}, "
+                                 f"PSNR ≥ {tolerance.min_psnr_db:g} dB)")
         return result
 
     def runtime_threads(self) -> dict:
@@ -302,27 +309,17 @@ class Check:
         return self.engine
 
     def engine_parity(self) -> dict:
-        from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
-        from cminet.runtime.backends.tensorrt import TensorRTBackend
-
         engine, (a, b) = self._engine(), self.sample()
-        trt = TensorRTBackend(engine, device=self.args.device)
+        trt = open_backend("tensorrt", engine, device=self.args.device)
         try:
-            got = trt.run(a.astype(trt.input_dtype), b.astype(trt.input_dtype))
+            got = trt.run(a, b)
         finally:
             trt.close()
-        cpu = OnnxRuntimeBackend(self.onnx("fp16"), "ort-cpu")
-        want = cpu.run(a.astype(cpu.input_dtype), b.astype(cpu.input_dtype))
-        result: dict[str, Any] = {"psnr_db": psnr(want, got), "max_abs": float(np.abs(got - want).max()),
-                                  "size": list(a.shape)}
-        if result["psnr_db"] < MIN_ENGINE_PSNR_DB:
-            raise AssertionError(f"engine vs ORT CPU FP16: {result['psnr_db']:.1f} dB < {MIN_ENGINE_PSNR_DB} dB")
-        return result
+        want = open_backend("ort-cpu", self.onnx("fp16")).run(a, b)
+        return self.parity(want, got, "fp16", "engine vs ORT CPU FP16", size=list(a.shape))
 
     def engine_latency(self) -> dict:
-        from cminet.runtime.backends.tensorrt import TensorRTBackend
-
-        trt = TensorRTBackend(self._engine(), device=self.args.device)
+        trt = open_backend("tensorrt", self._engine(), device=self.args.device)
         try:
             rng = np.random.default_rng(0)
             for side, batch in self.sizes:
@@ -339,7 +336,6 @@ class Check:
             trt.close()
 
     def version_refusal(self) -> dict:
-        from cminet.runtime.backends.tensorrt import TensorRTBackend
         from cminet.runtime.contract import sidecar_path
         from cminet.runtime.errors import ModelFileError
 
@@ -349,7 +345,7 @@ class Check:
         meta = json.loads(sidecar_path(engine).read_text())
         sidecar_path(copy).write_text(json.dumps({**meta, "tensorrt_version": "0.0.0"}))
         try:
-            TensorRTBackend(copy, device=self.args.device).close()
+            open_backend("tensorrt", copy, device=self.args.device).close()
         except ModelFileError as exc:
             if "built with TensorRT 0.0.0" not in str(exc):
                 raise
@@ -361,20 +357,17 @@ class Check:
 
         if "TensorrtExecutionProvider" not in ort.get_available_providers():
             raise Skip(f"onnxruntime {ort.__version__} has no TensorRT provider")
-        from cminet.runtime.backends.onnxruntime import OnnxRuntimeBackend
-        from cminet.runtime.backends.tensorrt import TensorRTBackend
-
         (a, b), engine = self.sample(), self._engine()
-        ep = OnnxRuntimeBackend(self.onnx("fp16"), "ort-trt", self.args.device)
-        native = TensorRTBackend(engine, device=self.args.device)
+        ep = open_backend("ort-trt", self.onnx("fp16"), device=self.args.device)
+        native = open_backend("tensorrt", engine, device=self.args.device)
         try:
             x, y = a.astype(ep.input_dtype), b.astype(ep.input_dtype)
-            got_ep, got_native = ep.run(x, y), native.run(a.astype(native.input_dtype), b.astype(native.input_dtype))
+            got_ep, got_native = ep.run(x, y), native.run(a, b)
             ep_times = self.time_calls(lambda: ep.run(x, y))
             self.row("ort-trt", "fp16", a.shape[-1], 1, ep_times, None, "wall clock, host → device → host included")
         finally:
             native.close()
-        return {"providers": ep.providers, "psnr_db_vs_native": psnr(got_native, got_ep),
+        return {"providers": getattr(ep, "providers", None), "psnr_db_vs_native": psnr(got_native, got_ep),
                 "p50_ms": latency_summary(ep_times)["p50"]}
 
     # -- report ---------------------------------------------------------------------------
