@@ -55,6 +55,12 @@ class TorchBackend(Backend):
         backend.config_json = model.config.to_json()
         return backend
 
+    @classmethod
+    def unavailable(cls, name: str) -> str | None:
+        if name == "torch-cuda" and not torch.cuda.is_available():
+            return "torch-cuda: this torch build sees no CUDA GPU"
+        return None
+
     @torch.no_grad()
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         a = torch.from_numpy(mri).to(self.device, self.dtype)

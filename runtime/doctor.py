@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends.base import unavailable_reason
 from .contract import BACKENDS, REFERENCE_FILE, SHIPPED_ONNX, SHIPPED_WEIGHTS, shipped_dir
 from .cuda import _explain_missing_bindings, open_cuda
 from .errors import first_line
@@ -73,11 +74,10 @@ def _version_of(distributions: tuple[str, ...]) -> str | None:
 
 def _probe(report: Report, section: str, name: str, module: str, distributions: tuple[str, ...],
            fix: str | None, describe: Callable[[Any], str] | None = None, needed: bool = True,
-           explain: Callable[[], str] | None = None) -> Any:
-    """Import ``module`` and describe it; returns the module, or None when it is missing or
-    broken (which is then a line of the report). ``needed=False`` makes a missing module an
-    ``info`` line: optional, nothing is wrong without it. ``explain`` says why a package whose
-    top level is installed lacks ``module``."""
+           explain: Callable[[], str] | None = None) -> None:
+    """Import ``module`` and describe it in one line of the report: ok, missing or broken.
+    ``needed=False`` makes a missing module an ``info`` line: optional, nothing is wrong
+    without it. ``explain`` says why a package whose top level is installed lacks ``module``."""
     version = _version_of(distributions)
     try:
         found = importlib.util.find_spec(module.split(".")[0]) is not None
@@ -85,7 +85,7 @@ def _probe(report: Report, section: str, name: str, module: str, distributions: 
         found = False
     if not found:
         report.add(section, name, MISSING if needed else INFO, "not installed", fix)
-        return None
+        return
     try:
         loaded = importlib.import_module(module)
         detail = version or str(getattr(loaded, "__version__", "installed"))
@@ -99,9 +99,8 @@ def _probe(report: Report, section: str, name: str, module: str, distributions: 
         else:
             report.add(section, name, BROKEN,
                        f"{version or 'installed'} but {type(exc).__name__}: {first_line(exc)}", fix)
-        return None
+        return
     report.add(section, name, OK, detail)
-    return loaded
 
 
 def _ort_providers(ort) -> str:
@@ -118,34 +117,28 @@ def _torch_cuda(torch) -> str:
     return f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}"
 
 
-def _software(report: Report) -> dict[str, Any]:
+def _software(report: Report) -> None:
     section = "software"
     report.add(section, "python", OK, f"{platform.python_version()} ({sys.executable}, {platform.machine()})")
     import cminet
 
     report.add(section, "cminet", OK, f"{cminet.__version__} ({Path(cminet.__file__).parent})")
     base = "pip install cminet"
-    loaded = {
-        "numpy": _probe(report, section, "numpy", "numpy", ("numpy",), base),
-        "cv2": _probe(report, section, "opencv", "cv2", ("opencv-python-headless", "opencv-python",
-                                                          "opencv-contrib-python-headless", "opencv-contrib-python"),
-                      base),
-        "onnxruntime": _probe(report, section, "onnxruntime", "onnxruntime", ("onnxruntime", "onnxruntime-gpu"),
-                              base, _ort_providers),
-        "openvino": _probe(report, section, "openvino", "openvino", ("openvino",), INSTALL.format(extra="openvino"),
-                           _openvino_devices, needed=False),
-        "tensorrt": _probe(report, section, "tensorrt", "tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
-                           INSTALL.format(extra="trt") + " (JetPack ships it)", needed=False),
-        "cuda.bindings": _probe(report, section, "cuda-python", "cuda.bindings", ("cuda-bindings", "cuda-python"),
-                                INSTALL.format(extra="gpu"), needed=False, explain=_explain_missing_bindings),
-        "pycuda": _probe(report, section, "pycuda", "pycuda", ("pycuda",), None, needed=False),
-        "torch": _probe(report, section, "torch", "torch", ("torch",), INSTALL.format(extra="train"), _torch_cuda,
-                        needed=False),
-    }
-    for module, dist, extra in (("nibabel", "nibabel", "volume"), ("pydicom", "pydicom", "volume"),
-                                ("highdicom", "highdicom", "volume"), ("tritonclient", "tritonclient", "triton")):
-        loaded[module] = _probe(report, section, dist, module, (dist,), INSTALL.format(extra=extra), needed=False)
-    return loaded
+    _probe(report, section, "numpy", "numpy", ("numpy",), base)
+    _probe(report, section, "opencv", "cv2", ("opencv-python-headless", "opencv-python",
+                                              "opencv-contrib-python-headless", "opencv-contrib-python"), base)
+    _probe(report, section, "onnxruntime", "onnxruntime", ("onnxruntime", "onnxruntime-gpu"), base, _ort_providers)
+    _probe(report, section, "openvino", "openvino", ("openvino",), INSTALL.format(extra="openvino"),
+           _openvino_devices, needed=False)
+    _probe(report, section, "tensorrt", "tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+           INSTALL.format(extra="trt") + " (JetPack ships it)", needed=False)
+    _probe(report, section, "cuda-python", "cuda.bindings", ("cuda-bindings", "cuda-python"),
+           INSTALL.format(extra="gpu"), needed=False, explain=_explain_missing_bindings)
+    _probe(report, section, "pycuda", "pycuda", ("pycuda",), None, needed=False)
+    _probe(report, section, "torch", "torch", ("torch",), INSTALL.format(extra="train"), _torch_cuda, needed=False)
+    for module, extra in (("nibabel", "volume"), ("pydicom", "volume"), ("highdicom", "volume"),
+                          ("tritonclient", "triton")):
+        _probe(report, section, module, module, (module,), INSTALL.format(extra=extra), needed=False)
 
 
 def _gpu(report: Report) -> None:
@@ -163,34 +156,16 @@ def _gpu(report: Report) -> None:
                                  f"{info.total_memory_mb / 1024:.1f} GiB, driver CUDA {driver} (via {cuda.name})")
 
 
-def _backend_problem(name: str, loaded: dict[str, Any], gpu: bool) -> str | None:
-    """Why backend ``name`` cannot run here, or None when it can."""
-    spec = BACKENDS[name]
-    for module in spec.requires:
-        if loaded.get(module) is None:
-            return f"needs {module} ({spec.install})"
-    if name in ("ort-cuda", "ort-trt"):
-        provider = {"ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}[name]
-        if provider not in loaded["onnxruntime"].get_available_providers():
-            return f"this ONNX Runtime has no {provider} ({spec.install})"
-    if name == "tensorrt" and loaded.get("cuda.bindings") is None and loaded.get("pycuda") is None:
-        return f"needs cuda-python or pycuda ({INSTALL.format(extra='trt')})"
-    if name == "torch-cuda" and not loaded["torch"].cuda.is_available():
-        return "this torch has no usable CUDA"
-    if spec.gpu and not gpu and name != "torch-cuda":
-        return "no usable CUDA GPU"
-    return None
-
-
-def _backends(report: Report, loaded: dict[str, Any]) -> None:
+def _backends(report: Report) -> None:
+    """Each backend's own verdict (:func:`~cminet.runtime.backends.base.unavailable_reason`)."""
     for name, spec in BACKENDS.items():
-        problem = _backend_problem(name, loaded, report.gpu is not None)
+        problem = unavailable_reason(name)
         if problem is None:
             report.add("backends", name, OK, spec.summary)
         else:
             # Only the base install's backend is required; the rest are choices for the device.
             needed = name == "ort-cpu"
-            report.add("backends", name, MISSING if needed else INFO, problem,
+            report.add("backends", name, MISSING if needed else INFO, problem.removeprefix(f"{name}: "),
                        spec.install if needed else None)
 
 
@@ -218,9 +193,9 @@ def _models(report: Report) -> None:
 def diagnose() -> Report:
     """Run every check; never raises for what the environment lacks."""
     report = Report()
-    loaded = _software(report)
+    _software(report)
     _gpu(report)
-    _backends(report, loaded)
+    _backends(report)
     _models(report)
     return report
 

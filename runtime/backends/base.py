@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import IO_CHANNELS, IO_RANK, MIN_SIDE, ContractError, ShapeProfile, backend_spec
-from ..errors import CMINetError, ImageError, ModelFileError
+from ..errors import CMINetError, ImageError, ModelFileError, first_line
 
 
 class BackendUnavailable(CMINetError):
@@ -67,6 +67,12 @@ class Backend:
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         """The network on checked, contiguous N×1×H×W arrays of ``input_dtype``."""
         raise NotImplementedError
+
+    @classmethod
+    def unavailable(cls, name: str) -> str | None:
+        """Why backend ``name`` cannot run on this machine (a missing provider, GPU or
+        driver), or None when it can; asked without a model file. Its packages are imported."""
+        return None
 
     def info(self) -> dict:
         """Versions, providers, devices: what a bug report needs."""
@@ -121,6 +127,17 @@ def _backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, in one line (a package missing or broken, or the
+    backend's own :meth:`Backend.unavailable`), or None when it can."""
+    try:
+        return _backend_class(name).unavailable(name)
+    except BackendUnavailable as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a package that imports but fails: a reason, not a crash
+        return f"{name}: {type(exc).__name__}: {first_line(exc)}"
+
+
 def open_backend(name: str, path: str | Path, **options) -> Backend:
     """Open backend ``name`` on ``path`` (a file, or a server URL for ``triton``). A missing
     package is one line saying what to install; an option the backend does not honour is
@@ -143,4 +160,4 @@ def open_backend(name: str, path: str | Path, **options) -> Backend:
 
 
 __all__ = ["Backend", "BackendUnavailable", "backend_options", "missing_requirement", "open_backend",
-           "profile_from_dims"]
+           "profile_from_dims", "unavailable_reason"]

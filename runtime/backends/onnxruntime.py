@@ -165,6 +165,14 @@ class OnnxRuntimeBackend(Backend):
         self.output_name = self.session.get_outputs()[0].name
         self.use_binding = self.providers[0] != "CPUExecutionProvider"
 
+    @classmethod
+    def unavailable(cls, name: str) -> str | None:
+        wanted, available = ORT_PROVIDERS[name], ort.get_available_providers()
+        if wanted in available:
+            return None
+        hint = f" ({backend_spec(name).install})" if name != "ort-cpu" else ""
+        return f"{name}: this onnxruntime has no {wanted} (has {', '.join(available)}){hint}"
+
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         feeds = dict(zip(INPUT_NAMES, (mri, other), strict=True))
         if not self.use_binding:

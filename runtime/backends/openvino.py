@@ -166,6 +166,11 @@ class OpenVINOBackend(Backend):
             self.requests.popitem(last=False)
         return request
 
+    @classmethod
+    def unavailable(cls, name: str) -> str | None:
+        devices = ov.Core().available_devices
+        return None if DEVICE in devices else f"{name}: OpenVINO sees no {DEVICE} device (has {', '.join(devices)})"
+
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         with self._lock:
             request = self.request_for(tuple(mri.shape))

@@ -200,6 +200,15 @@ class TensorRTBackend(Backend):
         views = {tensor: array[:count].reshape(shape) for tensor, array in self._host.items()}
         return views, self._device_ptrs
 
+    @classmethod
+    def unavailable(cls, name: str) -> str | None:
+        import_tensorrt()
+        try:
+            open_cuda(0).close()
+        except CudaUnavailable as exc:
+            return f"{name}: {exc}"
+        return None
+
     # -- inference ----------------------------------------------------------------------
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         if self.cuda is None or self.context is None:
