@@ -455,12 +455,20 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Axial slices per network call (default: 1 on a CPU, where that is quickest; 4 on a GPU).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime (default: all cores).")
+@click.option("--allow-different-patients", is_flag=True,
+              help="Fuse DICOM inputs whose PatientID / PatientName / PatientBirthDate differ (refused otherwise); "
+                   "the output's series description says DIFFERENT PATIENTS.")
+@click.option("--assume-registered", is_flag=True,
+              help="Fuse DICOM inputs in different frames of reference as if registered (refused otherwise); "
+                   "the output's series description says ASSUMED REGISTERED.")
 def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_dir, model_file, backend,
-                precision, batch_size, threads) -> None:
+                precision, batch_size, threads, allow_different_patients, assume_registered) -> None:
     """Fuse an MRI volume with a CT, PET or SPECT volume (NIfTI files or DICOM series folders).
 
-    OTHER is resampled onto the MRI grid through both scans' world geometry; the output has
-    the MRI's grid and affine. Torch-free: needs only pip install 'cminet[volume]'.
+    No registration is done: the two volumes must already be co-registered. OTHER is
+    resampled onto the MRI grid through both scans' world geometry; the output has the
+    MRI's grid and affine. DICOM inputs of different patients or frames of reference are
+    refused (NIfTI carries no identity to check). Torch-free: pip install 'cminet[volume]'.
 
     \b
     PET as NIfTI, with a DICOM copy and PNGs to look at:
@@ -474,37 +482,45 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
 
     from cminet.runtime import volume as volumes
     from cminet.runtime.errors import ModelFileError
+    from cminet.runtime.files import OutputSet
     from cminet.runtime.imaging import write_image
 
     started = time.perf_counter()
-    volumes.check_nifti_path(output)  # every output is checked before any work
-    if dicom_out:
-        volumes.check_output_folder(dicom_out, "--dicom-out")
-    if model_file and not Path(model_file).is_file():
-        raise ModelFileError(f"{model_file}: no such model file")
-    mri_volume, other_volume = volumes.load_volume(mri, "MRI"), volumes.load_volume(other, "OTHER")
-    click.echo(f"MRI   {mri}: {mri_volume.describe()}")
-    click.echo(f"OTHER {other}: {other_volume.describe()}")
-    fused = volumes.fuse_volume(mri_volume, other_volume, model=model_file, modality=modality, window=window,
-                                colormap=colormap, batch_size=batch_size, backend=backend, precision=precision,
-                                threads=threads, progress=True)
-    info = fused.info
-    units = f" {other_volume.units}" if other_volume.units else ""
-    palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
-    click.echo(f"{info['modality']}: window {info['window'][0]:.4g}..{info['window'][1]:.4g}{units}{palette}; "
-               f"MRI window {info['mri_window'][0]:.4g}..{info['mri_window'][1]:.4g}; "
-               f"fused {info['slices']} axial slices in {info['fuse_seconds']:.1f} s ({info['network_seconds']:.1f} s "
-               f"in the network, batch {info['batch_size']})")
-    volumes.save_nifti(fused, output)
-    click.echo(f"wrote {output} ({'RGB24' if fused.is_rgb else 'uint8 grey'}, {'×'.join(map(str, fused.shape))})")
-    if dicom_out:
-        description = f"cminet fused MRI+{info['modality'].upper()}, display only, not for quantitation"
-        files = volumes.save_dicom_series(fused, dicom_out, series_description=description)
-        click.echo(f"wrote {len(files)} DICOM Secondary Capture files to {dicom_out}")
-    if png_dir:
-        slices = volumes.save_png_slices(fused, png_dir)
-        write_image(Path(png_dir) / "montage.png", volumes.montage(mri_volume, other_volume, fused))
-        click.echo(f"wrote {len(slices)} slices and montage.png to {png_dir}")
+    with OutputSet(inputs=(mri, other)) as outputs:  # every output checked before any work, written together
+        volumes.check_nifti_path(output)
+        nifti = outputs.file(output)
+        dicom_folder = outputs.folder(dicom_out) if dicom_out else None
+        png_folder = outputs.folder(png_dir) if png_dir else None
+        if model_file and not contract.model_kind(model_file) == "url" and not Path(model_file).is_file():
+            raise ModelFileError(f"{model_file}: no such model file")
+        mri_volume, other_volume = volumes.load_volume(mri, "MRI"), volumes.load_volume(other, "OTHER")
+        click.echo(f"MRI   {mri}: {mri_volume.describe()}")
+        click.echo(f"OTHER {other}: {other_volume.describe()}")
+        fused = volumes.fuse_volume(mri_volume, other_volume, model=model_file, modality=modality, window=window,
+                                    colormap=colormap, batch_size=batch_size, backend=backend, precision=precision,
+                                    threads=threads, progress=True, allow_different_patients=allow_different_patients,
+                                    assume_registered=assume_registered)
+        info = fused.info
+        units = f" {other_volume.units}" if other_volume.units else ""
+        palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
+        click.echo(f"{info['modality']}: window {info['window'][0]:.4g}..{info['window'][1]:.4g}{units}{palette}; "
+                   f"MRI window {info['mri_window'][0]:.4g}..{info['mri_window'][1]:.4g}; "
+                   f"fused {info['slices']} axial slices in {info['fuse_seconds']:.1f} s "
+                   f"({info['network_seconds']:.1f} s in the network, batch {info['batch_size']})")
+        volumes.save_nifti(fused, nifti)
+        written = [f"{output} ({'RGB24' if fused.is_rgb else 'uint8 grey'}, {'×'.join(map(str, fused.shape))})"]
+        if dicom_folder:
+            stamp = "".join(f"{w}: " for w in info["identity_warnings"])  # first, so truncation cannot hide it
+            description = f"{stamp}cminet fused MRI+{info['modality'].upper()}, display only, not for quantitation"
+            files = volumes.save_dicom_series(fused, dicom_folder, series_description=description)
+            written.append(f"{len(files)} DICOM Secondary Capture files to {dicom_out}")
+        if png_folder:
+            slices = volumes.save_png_slices(fused, png_folder)
+            write_image(png_folder / "montage.png", volumes.montage(mri_volume, other_volume, fused))
+            written.append(f"{len(slices)} slices and montage.png to {png_dir}")
+        outputs.commit()
+    for line in written:
+        click.echo(f"wrote {line}")
     click.echo(f"done in {time.perf_counter() - started:.1f} s")
 
 

@@ -206,3 +206,88 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """UTF-8; names that came from undecodable file-system bytes are written back as those bytes."""
     write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
+
+
+class OutputSet:
+    """Outputs of one command that appear together or not at all (a NIfTI, a DICOM series
+    folder, a folder of PNGs). Each is written to a hidden staging path beside its
+    destination (:meth:`file`, :meth:`folder`); :meth:`commit` renames them all into place
+    once every one is complete. Leaving the ``with`` block without committing (an error,
+    Ctrl-C, SIGTERM) removes whatever was staged, so no destination changes.
+
+    Folders are committed only into a new or empty destination: a derived series or a slice
+    set never mixes with an earlier run's files."""
+
+    def __init__(self, inputs=()) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (staging path, destination)
+        self._inputs = [Path(os.path.realpath(p)) for p in inputs]
+
+    def _not_an_input(self, destination: Path) -> None:
+        """An input is never an output: not the same file, nor inside an output folder."""
+        real = Path(os.path.realpath(destination))
+        for source in self._inputs:
+            if real == source or real in source.parents:
+                raise OutputError(f"{destination}: is an input of this command (or holds one); give another path")
+        for _, other in self._staged:
+            if Path(os.path.realpath(other)) == real:
+                raise OutputError(f"{destination}: given for two outputs")
+
+    def _stage_path(self, destination: Path) -> Path:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        token = os.urandom(4).hex()
+        return destination.parent / f".cminet-{token}-{destination.name}"  # keeps .nii.gz as it is
+
+    def file(self, destination: str | os.PathLike) -> Path:
+        destination = check_output(destination)
+        self._not_an_input(destination)
+        staged = self._stage_path(destination)
+        self._staged.append((staged, destination))
+        return staged
+
+    def folder(self, destination: str | os.PathLike) -> Path:
+        destination = Path(destination)
+        check_new_folder(destination)
+        self._not_an_input(destination)
+        staged = self._stage_path(destination)
+        self._staged.append((staged, destination))
+        return staged
+
+    def commit(self) -> None:
+        for _, destination in self._staged:  # checked again: the run may have taken minutes
+            if destination.is_dir() and not os.path.islink(destination):
+                check_new_folder(destination)
+        for staged, destination in self._staged:
+            if staged.is_dir():
+                if destination.is_dir():
+                    destination.rmdir()  # empty, checked above
+                os.replace(staged, destination)
+            elif output_kind(destination) in ("device", "fifo"):
+                with open(staged, "rb") as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+            else:
+                os.replace(staged, os.path.realpath(destination))
+        self._staged = []
+
+    def discard(self) -> None:
+        for staged, _ in self._staged:
+            if staged.is_dir():
+                shutil.rmtree(staged, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+        self._staged = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()  # after commit() nothing is left to discard
+
+
+def check_new_folder(folder: str | os.PathLike) -> Path:
+    """An output folder that is absent or empty, with a writable parent."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputError(f"{folder}: exists and is not an empty folder; give a new folder")
+    check_output(folder.parent / ".cminet-check")
+    return folder

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from .volume_io import (
     check_output_folder,
     load_volume,
     nifti_order,
+    quiet_dicom_libraries,
     save_dicom_series,
     save_nifti,
 )
@@ -190,9 +192,47 @@ def _open_fuser(model, backend: str, precision: str | None, threads: int | None)
     return Fuser(model, backend=backend, precision=precision, threads=threads), True  # None: the shipped ONNX
 
 
+# The identity two DICOM inputs must share, and what it takes to fuse them when they do not.
+PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate")
+PARTIAL_OVERLAP = 0.9  # warn when OTHER covers less of the MRI's box than this
+
+
+def check_same_patient(mri: Volume, other: Volume, allow_different_patients: bool = False,
+                       assume_registered: bool = False) -> list[str]:
+    """Refuse two DICOM inputs of different patients (PatientID, PatientName or
+    PatientBirthDate differ where both carry it) or in different frames of reference
+    (FrameOfReferenceUID), naming both values and the option that proceeds anyway. cminet
+    does no registration. NIfTI carries no identity: nothing to compare. Returns what was
+    allowed through, for the output's series description."""
+    if mri.dicom is None or other.dicom is None:
+        return []
+    stamps = []
+    with quiet_dicom_libraries():
+        differ = [(key, str(mri.dicom.get(key, "")).strip(), str(other.dicom.get(key, "")).strip())
+                  for key in PATIENT_KEYS]
+    differ = [(key, a, b) for key, a, b in differ if a and b and a != b]
+    if differ:
+        said = "; ".join(f"{key} {a!r} vs {b!r}" for key, a, b in differ)
+        if not allow_different_patients:
+            raise CMINetError(f"MRI and OTHER are of different patients ({said}); refusing to fuse them "
+                              "(--allow-different-patients fuses them anyway and says so in the output)")
+        warnings.warn(f"fusing different patients as allowed ({said})", UserWarning, stacklevel=2)
+        stamps.append("DIFFERENT PATIENTS")
+    a, b = (str(v.dicom.get("FrameOfReferenceUID", "")).strip() for v in (mri, other))
+    if a and b and a != b:
+        if not assume_registered:
+            raise CMINetError(f"MRI and OTHER are in different frames of reference ({a} vs {b}): their positions are "
+                              "not known to match and cminet does no registration (--assume-registered if they "
+                              "were registered already)")
+        warnings.warn("different frames of reference: fused as already registered", UserWarning, stacklevel=2)
+        stamps.append("ASSUMED REGISTERED")
+    return stamps
+
+
 def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
                 colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
-                precision: str | None = None, threads: int | None = None, progress: bool = False) -> Volume:
+                precision: str | None = None, threads: int | None = None, progress: bool = False,
+                allow_different_patients: bool = False, assume_registered: bool = False) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
     uint8 X×Y×Z×3 RGB for PET and SPECT.
@@ -210,6 +250,10 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
         batch_size: axial slices per network call; None: :data:`CPU_BATCH_SIZE` on a CPU
             backend, :data:`GPU_BATCH_SIZE` on a GPU one (at most an engine profile's N).
         progress: show a progress bar (stderr) per batch.
+        allow_different_patients, assume_registered: fuse DICOM inputs of different patients,
+            or in different frames of reference, instead of refusing (:func:`check_same_patient`);
+            the fused volume's ``info["identity_warnings"]`` says so, and its DICOM series
+            description carries it. No registration is done: inputs must be co-registered.
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise CMINetError(f"batch size: expected an integer ≥ 1, got {batch_size!r}")
@@ -220,7 +264,11 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     if from_dicom(mri.modality) is not None:
         raise CMINetError(f"MRI {mri.source}: a {mri.modality} series, not MR; are MRI and OTHER swapped?")
     modality = resolve_modality(modality, other)
+    stamps = check_same_patient(mri, other, allow_different_patients, assume_registered)
     coverage = check_overlap(mri, other)
+    if coverage < PARTIAL_OVERLAP:
+        warnings.warn(f"OTHER covers {coverage:.0%} of the MRI's box: outside it the fused image is the MRI "
+                      "alone (check that the volumes are co-registered)", UserWarning, stacklevel=2)
     pair = SlicePair(mri, other, modality, window, colormap)
     fuser, owned = _open_fuser(model, backend, precision, threads)
     started = time.perf_counter()
@@ -233,6 +281,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     seconds = time.perf_counter() - started
     data = nifti_order(pair.grid.from_display(fused))
     info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
+            "identity_warnings": stamps,
             "batch_size": batch_size, "fuse_seconds": round(seconds, 3),
             "network_seconds": round(network_seconds, 3), "mri": mri.source, "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
@@ -271,6 +320,7 @@ def save_png_slices(fused: Volume, folder: str | os.PathLike) -> list[Path]:
     grid = display_grid(fused)
     slices = grid.to_display(fused.data)
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for z in range(slices.shape[0]):
         path = folder / f"slice_{z:03d}.png"

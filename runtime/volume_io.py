@@ -12,11 +12,15 @@ torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +190,25 @@ def _finite(data: np.ndarray, where: str) -> np.ndarray:
 
 
 def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume:
+    """See :func:`_read_dicom_series`. pydicom's warnings about values that break the standard
+    (person names, dates; several hundred characters each) are silenced: what cminet copies
+    into its own output is checked by :func:`clean_identity`, which says what it leaves out."""
+    with quiet_dicom_libraries():
+        return _read_dicom_series(folder, role)
+
+
+@contextlib.contextmanager
+def quiet_dicom_libraries() -> Iterator[None]:
+    """Silence pydicom's and highdicom's warnings about values that break the standard (one
+    per person name or date, hundreds of characters each): cminet says in one line what it
+    does about the values it uses (:func:`clean_identity`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        warnings.filterwarnings("ignore", module=r"highdicom(\.|$)")
+        yield
+
+
+def _read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume:
     """One DICOM series from ``folder`` (files that are not DICOM images are skipped),
     assembled by highdicom: sorted along the slice normal, Rescale Slope/Intercept applied
     per slice. Several series, several orientations, repeated or missing slices and
@@ -422,8 +445,7 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: st
                   coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=series_number,
                   manufacturer="cminet", pixel_spacing=(row_spacing, col_spacing), patient_orientation=orientation,
                   transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
-    study = None if reference is not None else dict(study_instance_uid=pydicom.uid.generate_uid(),
-                                                      patient_id="", patient_name="")
+    identity = clean_identity(reference)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -433,10 +455,8 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: st
             pixels = np.ascontiguousarray(np.swapaxes(volume.data[:, :, k], 0, 1))  # rows = j, columns = i
             options = dict(pixel_array=pixels, sop_instance_uid=pydicom.uid.generate_uid(), instance_number=k + 1,
                            **common)
-            if reference is not None:
-                ds = hd.sc.SCImage.from_ref_dataset(reference, **options)
-            else:
-                ds = hd.sc.SCImage(**options, **study)
+            with quiet_dicom_libraries():  # clean_identity has said what matters
+                ds = hd.sc.SCImage(**options, **identity)
             position = lps @ np.array([0.0, 0.0, k, 1.0])
             ds.ImageType = ["DERIVED", "SECONDARY"]
             ds.SeriesDescription = (series_description or description)[:64]
@@ -459,6 +479,65 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: st
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+# Patient and study identity a derived series copies from its source, with the VR each has and,
+# where the standard enumerates the values, those values.
+_IDENTITY = (("PatientID", "patient_id", "LO"), ("PatientName", "patient_name", "PN"),
+             ("PatientBirthDate", "patient_birth_date", "DA"), ("PatientSex", "patient_sex", "CS"),
+             ("AccessionNumber", "accession_number", "SH"), ("StudyID", "study_id", "SH"),
+             ("StudyDate", "study_date", "DA"), ("StudyTime", "study_time", "TM"),
+             ("ReferringPhysicianName", "referring_physician_name", "PN"))
+_ENUMERATED = {"PatientSex": ("M", "F", "O")}
+
+
+def clean_identity(reference) -> dict[str, Any]:
+    """Patient and study identity for a derived series, from ``reference`` (the MRI series'
+    header; None: a new anonymous study). Scanners write invalid values (PatientSex '0000',
+    dates like '20201301', over-long names): each invalid attribute is left out, with one
+    ``warning:`` line naming it, so the output validates. A missing or invalid
+    StudyInstanceUID gets a new one (the series must belong to a study)."""
+    import pydicom
+
+    identity: dict[str, Any] = {"patient_id": "", "patient_name": ""}
+    study_uid = str(reference.get("StudyInstanceUID", "") or "") if reference is not None else ""
+    if reference is not None and not _valid("UI", study_uid):
+        warnings.warn(f"MRI header: StudyInstanceUID {study_uid!r} is not a valid UID; the fused series gets a "
+                      "new study", UserWarning, stacklevel=2)
+    identity["study_instance_uid"] = study_uid if _valid("UI", study_uid) else pydicom.uid.generate_uid()
+    if reference is None:
+        return identity
+    for keyword, argument, vr in _IDENTITY:
+        element = reference.get(keyword)
+        if element is None or str(element).strip() == "":
+            continue
+        value = str(element).strip()
+        allowed = _ENUMERATED.get(keyword)
+        valid = value in allowed if allowed else _valid(vr, value)
+        if vr == "DA" and valid:
+            try:
+                datetime.strptime(value, "%Y%m%d")
+            except ValueError:
+                valid = False
+        if not valid:
+            what = f"one of {', '.join(allowed)}" if allowed else f"a valid {vr} value"
+            warnings.warn(f"MRI header: {keyword} {value[:40]!r} is not {what}; left out of the DICOM output",
+                          UserWarning, stacklevel=2)
+            continue
+        identity[argument] = value
+    return identity
+
+
+def _valid(vr: str, value: str) -> bool:
+    from pydicom import config, valuerep
+
+    if not value:
+        return False
+    try:
+        valuerep.validate_value(vr, value, config.RAISE)
+    except (ValueError, KeyError):
+        return False
+    return True
 
 
 def _ds(value: float) -> str:

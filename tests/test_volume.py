@@ -106,16 +106,18 @@ def centroid_world(weights: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def write_series(volume: Volume, folder: Path, template: str = "CT_small.dcm", modality: str | None = None,
-                 slopes=None, intercept: float = 0.0, study=None, series_uid=None, order_seed: int | None = 0) -> Path:
+                 slopes=None, intercept: float = 0.0, study=None, series_uid=None, order_seed: int | None = 0,
+                 frame: str | None = None, header: dict | None = None) -> Path:
     """``volume`` as a DICOM series on one of pydicom's bundled headers: one file per k-slice,
     named IM<n> with n shuffled (``order_seed``; None: n = k) so that file order is not slice
-    order. ``slopes``: a RescaleSlope per slice, as PET series store them."""
+    order. ``slopes``: a RescaleSlope per slice, as PET series store them. ``frame``: the
+    FrameOfReferenceUID (default: a new one); ``header``: attributes to set as given, valid or not."""
     base = pydicom.dcmread(get_testdata_file(template))
     folder.mkdir(parents=True, exist_ok=True)
     lps = LPS_TO_RAS @ volume.affine
     di, dj = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     series_uid = series_uid or pydicom.uid.generate_uid()
-    frame = pydicom.uid.generate_uid()
+    frame = frame or pydicom.uid.generate_uid()
     depth = volume.shape[2]
     names = np.arange(depth) if order_seed is None else np.random.default_rng(order_seed).permutation(depth)
     for k in range(volume.shape[2]):
@@ -135,6 +137,11 @@ def write_series(volume: Volume, folder: Path, template: str = "CT_small.dcm", m
         ds.SliceThickness = f"{abs(lps[2, 2]):.6f}"
         if ds.Modality == "PT":
             ds.Units = "BQML"
+        for keyword, value in (header or {}).items():
+            if value is None:
+                delattr(ds, keyword) if keyword in ds else None
+            else:
+                setattr(ds, keyword, value)
         ds.save_as(folder / f"IM{names[k]:04d}", enforce_file_format=True)
     return folder
 
@@ -457,9 +464,10 @@ def test_spect_as_one_multiframe_nm_file(tmp_path, model_path):
 def test_dicom_in_dicom_out_keeps_identity_geometry_and_pixels(tmp_path, model_path):
     study = ("1.2.826.0.1.3680043.8.498.1", "PAT-0042", "Doe^Jane")
     mri_truth = brain_mri((40, 36, 14), (5.0, 5.0, 6.0), "LPS")
-    mri_dir = write_series(mri_truth, tmp_path / "mri", template="MR_small.dcm", study=study)
+    frame = pydicom.uid.generate_uid()  # one frame of reference: a PET/MR scanner, or registered and stored so
+    mri_dir = write_series(mri_truth, tmp_path / "mri", template="MR_small.dcm", study=study, frame=frame)
     pet_truth = sphere_volume((26, 24, 22), (6.0, 6.0, 6.0), "RAS", value=5000.0, background=200.0)
-    pet_dir = write_series(pet_truth, tmp_path / "pet", modality="PT", study=study)
+    pet_dir = write_series(pet_truth, tmp_path / "pet", modality="PT", study=study, frame=frame)
     out = tmp_path / "fused.nii.gz"
     result = run_cli("fuse-volume", mri_dir, pet_dir, "-o", out, "--model", model_path,
                      "--dicom-out", tmp_path / "fused_dicom", "--png-dir", tmp_path / "png")
@@ -709,3 +717,130 @@ def cv2_read(path):
     import cv2
 
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+# -- clinical DICOM: identity in and out, patients, outputs as a set --------------------------
+def small_study(tmp_path, mri_header=None, pet_header=None, pet_study=None, same_frame=True):
+    """An MR and a PT series of one study (or of ``pet_study``), in one frame of reference
+    unless ``same_frame`` is False, with ``*_header`` attributes set as given."""
+    study = ("1.2.826.0.1.3680043.8.498.7", "PAT-0042", "Doe^Jane")
+    frame = pydicom.uid.generate_uid()
+    mri = write_series(brain_mri((24, 24, 6), (8.0, 8.0, 8.0), "LPS"), tmp_path / "mri", template="MR_small.dcm",
+                       study=study, frame=frame, header=mri_header)
+    pet = write_series(sphere_volume((20, 20, 8), (8.0, 8.0, 8.0), "RAS", value=5000.0, background=200.0),
+                       tmp_path / "pet", modality="PT", study=pet_study or study,
+                       frame=frame if same_frame else None, header=pet_header)
+    return mri, pet
+
+
+def outputs_of(tmp_path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name not in ("mri", "pet"))
+
+
+MALFORMED = [  # (attribute, value as scanners write it): each must not reach the output
+    ("PatientSex", "0000"),
+    ("PatientBirthDate", "19671301"),
+    ("PatientBirthDate", "1967"),
+    ("PatientName", "A" * 70 + "^Jane"),
+    ("ReferringPhysicianName", "Dr " * 30),
+    ("StudyDate", "2024-03-05"),
+    ("StudyTime", "25:99"),
+    ("AccessionNumber", "ACC-" + "9" * 20),
+    ("StudyID", "a study id longer than sixteen"),
+]
+
+
+@pytest.mark.torch_free
+@pytest.mark.parametrize("keyword,value", MALFORMED, ids=[f"{k}-{v[:8]}" for k, v in MALFORMED])
+def test_malformed_identity_is_left_out_of_valid_dicom_with_one_warning(tmp_path, model_path, keyword, value):
+    mri, pet = small_study(tmp_path, mri_header={keyword: value}, pet_header={keyword: value})  # one patient
+    result = run_cli("fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path,
+                     "--dicom-out", tmp_path / "dicom")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    about_it = [line for line in warned if line.startswith("warning: MRI header:")]
+    assert len(about_it) == 1 and keyword in about_it[0], result.output
+    assert all(len(line) < 200 for line in warned), result.output  # no wall of text from pydicom
+    written = [pydicom.dcmread(p) for p in sorted((tmp_path / "dicom").iterdir())]
+    assert len(written) == 6
+    identity = [k for k, _ in MALFORMED] + ["PatientID", "StudyInstanceUID"]
+    for element in (written[0][k] for k in identity if k in written[0]):  # every value that is there is valid
+        if element.value not in (None, ""):
+            pydicom.valuerep.validate_value(element.VR, str(element.value), pydicom.config.RAISE)
+    assert not written[0].get(keyword) and written[0].PatientID == "PAT-0042"  # left out (or empty, type 2)
+
+
+@pytest.mark.torch_free
+def test_a_missing_study_date_and_an_invalid_study_uid_still_give_a_series(tmp_path, model_path):
+    mri, pet = small_study(tmp_path, mri_header={"StudyDate": None, "StudyInstanceUID": "1..2.3"},
+                           pet_header={"StudyInstanceUID": "1..2.3"})
+    result = run_cli("fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path,
+                     "--dicom-out", tmp_path / "dicom")
+    assert result.exit_code == 0, result.output
+    first = pydicom.dcmread(next((tmp_path / "dicom").iterdir()))
+    assert pydicom.uid.UID(first.StudyInstanceUID).is_valid and not first.get("StudyDate")
+    assert "StudyInstanceUID" in result.output
+
+
+@pytest.mark.torch_free
+def test_two_patients_are_refused_unless_allowed_and_then_stamped(tmp_path, model_path):
+    mri, pet = small_study(tmp_path, pet_study=("1.2.826.0.1.3680043.8.498.7", "PAT-0099", "Roe^Richard"))
+    args = ["fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path, "--dicom-out",
+            tmp_path / "dicom", "--png-dir", tmp_path / "png"]
+    result = run_cli(*args)
+    message = one_line_error(result)
+    assert result.exit_code == 1 and "different patients" in message
+    assert "'PAT-0042' vs 'PAT-0099'" in message and "--allow-different-patients" in message
+    assert outputs_of(tmp_path) == []  # nothing written, nothing staged
+    result = run_cli(*args, "--allow-different-patients")
+    assert result.exit_code == 0, result.output
+    first = pydicom.dcmread(next((tmp_path / "dicom").iterdir()))
+    assert first.SeriesDescription.startswith("DIFFERENT PATIENTS: ") and first.PatientID == "PAT-0042"
+
+
+@pytest.mark.torch_free
+def test_two_frames_of_reference_are_refused_unless_assumed_registered(tmp_path, model_path):
+    mri, pet = small_study(tmp_path, same_frame=False)
+    args = ["fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path, "--dicom-out",
+            tmp_path / "dicom"]
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "different frames of reference" in one_line_error(result)
+    assert "--assume-registered" in one_line_error(result) and outputs_of(tmp_path) == []
+    result = run_cli(*args, "--assume-registered")
+    assert result.exit_code == 0, result.output
+    assert pydicom.dcmread(next((tmp_path / "dicom").iterdir())).SeriesDescription.startswith("ASSUMED REGISTERED")
+
+
+@pytest.mark.torch_free
+def test_outputs_are_written_together_or_not_at_all(tmp_path, model_path, monkeypatch):
+    from cminet.runtime import volume as volumes
+
+    mri, pet = small_study(tmp_path)
+    args = ["fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path, "--dicom-out",
+            tmp_path / "dicom", "--png-dir", tmp_path / "png"]
+
+    def broken_montage(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(volumes, "montage", broken_montage)  # the last output fails
+    result = run_cli(*args)
+    assert result.exit_code == 1 and "No space left" in one_line_error(result)
+    assert outputs_of(tmp_path) == []  # not the NIfTI, not the DICOM series, no staging folder
+    monkeypatch.undo()
+    assert run_cli(*args).exit_code == 0
+    assert outputs_of(tmp_path) == ["dicom", "f.nii.gz", "png"]
+
+
+@pytest.mark.torch_free
+def test_an_input_is_never_an_output(tmp_path, model_path):
+    mri = brain_mri((24, 24, 6), (8.0, 8.0, 8.0))
+    pet = sphere_volume((20, 20, 8), (8.0, 8.0, 8.0), "RAS", value=5000.0)
+    save_nifti(mri, tmp_path / "mri.nii.gz")
+    save_nifti(pet, tmp_path / "pet.nii.gz")
+    before = (tmp_path / "mri.nii.gz").read_bytes()
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "pet.nii.gz")
+    for output in ("mri.nii.gz", "link.nii.gz"):
+        result = run_cli("fuse-volume", tmp_path / "mri.nii.gz", tmp_path / "pet.nii.gz", "--modality", "pet",
+                         "-o", tmp_path / output, "--model", model_path)
+        assert result.exit_code == 1 and "is an input of this command" in one_line_error(result)
+    assert (tmp_path / "mri.nii.gz").read_bytes() == before
