@@ -437,8 +437,9 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
 @click.option("--modality", type=click.Choice(tuple(MODALITIES), case_sensitive=False),
               help="What OTHER is. Default: its DICOM Modality (CT, PT, NM); NIfTI needs this option.")
 @click.option("--window", metavar="LOW,HIGH",
-              help="OTHER's display range in its own units: HU for CT (default -160,240), e.g. Bq/ml or SUV "
-                   "for PET/SPECT (default: the volume's 0.5-99.5 percentiles). Write --window=-160,240.")
+              help="OTHER's display range in its own units: HU for CT (default -160,240; from the data for a CT "
+                   "not in HU), e.g. Bq/ml or SUV for PET/SPECT (default: background to the 99.9th percentile "
+                   "inside the head). Write --window=-160,240.")
 @click.option("--colormap", default="HOT_IRON", show_default=True,
               help="PET/SPECT colour map: HOT_IRON, PET, HOT_METAL_BLUE, PET_20_STEP (DICOM standard palettes) "
                    "or gray (writes a grey volume).")

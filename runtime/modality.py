@@ -23,13 +23,15 @@ class Modality:
     functional: bool  # a pseudo-colour functional image (RGB), or a grey anatomical one
     palette: str | None  # a volume's default DICOM palette (None: grey)
     window: tuple[float, float] | None  # a volume's default display window in its units (None: from the data)
+    saturated: float  # share of its head that may sit at the window's top before cminet warns
 
 
 MODALITIES: dict[str, Modality] = {m.key: m for m in (
-    # HU: brain / soft tissue (level 40, width 400); bone stays white.
-    Modality("ct", "CT", "ct_mri", "CT", functional=False, palette=None, window=(-160.0, 240.0)),
-    Modality("pet", "PET", "pet_mri", "PT", functional=True, palette="HOT_IRON", window=None),
-    Modality("spect", "SPECT", "spect_mri", "NM", functional=True, palette="HOT_IRON", window=None),
+    # HU: brain / soft tissue (level 40, width 400); bone stays white, so up to a third of a
+    # head CT sits at the top. PET/SPECT: the brightest uptake should keep its gradient.
+    Modality("ct", "CT", "ct_mri", "CT", functional=False, palette=None, window=(-160.0, 240.0), saturated=0.35),
+    Modality("pet", "PET", "pet_mri", "PT", functional=True, palette="HOT_IRON", window=None, saturated=0.05),
+    Modality("spect", "SPECT", "spect_mri", "NM", functional=True, palette="HOT_IRON", window=None, saturated=0.05),
 )}
 PAIR_TYPES = tuple(m.pair_type for m in MODALITIES.values())
 

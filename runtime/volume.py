@@ -61,7 +61,14 @@ __all__ = ["Volume", "VolumeError", "GeometryError", "fuse_volume", "load_volume
 MODALITIES = tuple(MODALITY_TABLE)  # ct, pet, spect
 CT_WINDOW = MODALITY_TABLE["ct"].window
 MRI_PERCENTILES = (0.5, 99.5)  # robust to a few hot or dead voxels
-OTHER_PERCENTILES = (0.5, 99.5)  # PET / SPECT default range when --window is not given
+# OTHER's default window when --window is not given (the table's window for a CT in HU):
+# from the volume's lowest values (background) to a high percentile *inside its head*, so
+# that the air around a head (half or more of a brain PET's voxels) does not pull the top
+# down into the cortex, where a saturated colour would hide the MRI under it.
+OTHER_LOW_PERCENTILE = 0.5
+HEAD_TOP_PERCENTILE = 99.9
+HEAD_FRACTION = 0.1  # head mask: above this fraction of the way from background to the robust top
+AIR_HU = -200.0  # a head CT in Hounsfield units has air (-1000) well below this
 # Axial slices per network call when not given. On a CPU, ONNX Runtime at batch 4 needs twice
 # the peak RSS of batch 1 for 256×256 slices (504 vs 251 MiB for the docs/volumes.md volume) and is not
 # reliably quicker: 19 % slower per slice on the idle 2-core CPU (docs/benchmarks.md, 41.7 vs
@@ -87,6 +94,45 @@ def percentile_window(data: np.ndarray, percentiles: tuple[float, float]) -> tup
     """The volume's own robust range (a constant volume gets a 1-unit range)."""
     low, high = (float(v) for v in np.percentile(data, percentiles))
     return (low, high) if high > low else (low, low + 1.0)
+
+
+def head_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels of the object (a head) rather than the air or background around it."""
+    low, top = np.percentile(data, (OTHER_LOW_PERCENTILE, HEAD_TOP_PERCENTILE))
+    return data > low + HEAD_FRACTION * (top - low)
+
+
+def looks_like_hounsfield(volume: Volume) -> bool:
+    """A CT in HU: RescaleType (where the DICOM says) HU, and air below -200."""
+    rescale_type = str(volume.dicom.get("RescaleType", "") or "").upper() if volume.dicom is not None else ""
+    if rescale_type and rescale_type != "HU":
+        return False
+    return bool(np.percentile(volume.data, 1.0) < AIR_HU)
+
+
+def default_window(modality: str, other: Volume) -> tuple[tuple[float, float], str | None]:
+    """OTHER's display window when none is given, and a note when the data forced a change
+    from the modality's usual one (a CT that is not in Hounsfield units)."""
+    row, data = modality_row(modality), other.data
+    if row.window is not None:
+        if looks_like_hounsfield(other):
+            return row.window, None
+        # The volume's robust range: air (or its offset stand-in) dark, bone bright, soft tissue between.
+        window = percentile_window(data, (OTHER_LOW_PERCENTILE, 100 - OTHER_LOW_PERCENTILE))
+        return window, (f"OTHER does not look like a {row.name} in Hounsfield units (values {data.min():.4g}.."
+                        f"{data.max():.4g}, no air below {AIR_HU:g}); window {window[0]:.4g}..{window[1]:.4g} "
+                        "from its data instead of the HU one (--window to choose)")
+    low = float(np.percentile(data, OTHER_LOW_PERCENTILE))
+    head = data[head_mask(data)]
+    high = float(np.percentile(head, HEAD_TOP_PERCENTILE)) if head.size else float(data.max())
+    return (low, high if high > low else low + 1.0), None
+
+
+def saturated_share(data: np.ndarray, window: tuple[float, float]) -> float:
+    """The share of the head's voxels at or above the window's top (shown at the top of the
+    grey or colour scale, so the MRI under them is hidden)."""
+    head = data[head_mask(data)]
+    return float(np.mean(head >= window[1])) if head.size else 0.0
 
 
 def window_to_uint8(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -130,12 +176,12 @@ class SlicePair:
         self.mri = self.grid.to_display(mri.data)
         self.mri_window = parse_window(mri_window) if mri_window is not None else percentile_window(
             mri.data, MRI_PERCENTILES)
+        self.window_note: str | None = None  # why the default window is not the modality's usual one
         if window is not None:
             self.window = parse_window(window)
-        elif row.window is not None:
-            self.window = row.window
         else:
-            self.window = percentile_window(other.data, OTHER_PERCENTILES)
+            self.window, self.window_note = default_window(modality, other)
+        self.saturated = saturated_share(other.data, self.window)
         # Outside OTHER's scan: its lowest value, which every window above shows as black.
         self.other = Resampler(other, self.grid.affine, fill=float(np.min(other.data)))
 
@@ -244,7 +290,8 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
             its own); None: the shipped ONNX of ``precision`` (``fp32`` by default).
         modality: ``ct``, ``pet`` or ``spect``; None: from OTHER's DICOM Modality.
         window: ``(low, high)`` or ``"low,high"`` in OTHER's units (HU for CT); None: CT
-            :data:`CT_WINDOW`, PET/SPECT the volume's 0.5–99.5 percentiles.
+            :data:`CT_WINDOW` (from the data, with a warning, for a CT not in HU), PET/SPECT from the
+            volume's 0.5th percentile to the 99.9th inside its head (:func:`default_window`).
         colormap: a DICOM palette (``HOT_IRON``, ``PET``, ``HOT_METAL_BLUE``, ``PET_20_STEP``)
             or ``gray`` (PET/SPECT only).
         batch_size: axial slices per network call; None: :data:`CPU_BATCH_SIZE` on a CPU
@@ -270,6 +317,14 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
         warnings.warn(f"OTHER covers {coverage:.0%} of the MRI's box: outside it the fused image is the MRI "
                       "alone (check that the volumes are co-registered)", UserWarning, stacklevel=2)
     pair = SlicePair(mri, other, modality, window, colormap)
+    row = modality_row(modality)
+    if pair.window_note:
+        warnings.warn(pair.window_note, UserWarning, stacklevel=2)
+    if pair.saturated > row.saturated:
+        low, high = pair.window
+        warnings.warn(f"the {row.name} window {low:.4g}..{high:.4g} puts {pair.saturated:.0%} of OTHER's head at "
+                      "the top of the scale, hiding the MRI there (--window=LOW,HIGH to widen it)", UserWarning,
+                      stacklevel=2)
     fuser, owned = _open_fuser(model, backend, precision, threads)
     started = time.perf_counter()
     try:

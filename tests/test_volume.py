@@ -844,3 +844,52 @@ def test_an_input_is_never_an_output(tmp_path, model_path):
                          "-o", tmp_path / output, "--model", model_path)
         assert result.exit_code == 1 and "is an input of this command" in one_line_error(result)
     assert (tmp_path / "mri.nii.gz").read_bytes() == before
+
+
+# -- windows that keep the MRI ----------------------------------------------------------------
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "spm12"
+
+
+def head_ct_hu(shape=(40, 40, 20)) -> Volume:
+    """A head CT in HU: air -1000 around a soft-tissue ball (40 HU) in a bone shell (1000 HU)."""
+    idx = np.indices(shape).astype(np.float32)
+    r = np.sqrt(sum(((idx[a] - (shape[a] - 1) / 2) / (shape[a] / 2)) ** 2 for a in range(3)))
+    data = np.where(r < 0.8, 40.0, np.where(r < 0.9, 1000.0, -1000.0)).astype(np.float32)
+    return Volume(data, grid_affine(shape, (5.0, 5.0, 8.0), "RAS", (0, 0, 0)))
+
+
+@pytest.mark.torch_free
+def test_a_ct_not_in_hounsfield_units_gets_a_window_from_its_data(tmp_path, model_path):
+    from cminet.runtime.volume import CT_WINDOW, default_window, saturated_share
+
+    hu = head_ct_hu()
+    assert default_window("ct", hu) == (CT_WINDOW, None)
+    raw = Volume(hu.data + 1024.0, hu.affine)  # stored values without their RescaleIntercept: 24..2024
+    assert saturated_share(raw.data, CT_WINDOW) > 0.9  # the hazard: the HU window whites out the head
+    window, note = default_window("ct", raw)
+    assert note and "Hounsfield" in note and saturated_share(raw.data, window) < 0.35
+    mri = brain_mri((40, 40, 20), (5.0, 5.0, 8.0))
+    save_nifti(mri, tmp_path / "mri.nii.gz")
+    save_nifti(raw, tmp_path / "ct.nii.gz")
+    result = run_cli("fuse-volume", tmp_path / "mri.nii.gz", tmp_path / "ct.nii.gz", "--modality", "ct",
+                     "-o", tmp_path / "f.nii.gz", "--model", model_path)
+    assert result.exit_code == 0 and "does not look like a CT in Hounsfield units" in result.output, result.output
+
+
+@pytest.mark.torch_free
+@pytest.mark.parametrize("name,modality", [("template_PET.nii.gz", "pet"), ("template_SPECT.nii.gz", "spect")])
+def test_functional_windows_keep_the_brightest_uptake_below_the_top(name, modality, tmp_path, model_path):
+    from cminet.runtime.volume import default_window, percentile_window, saturated_share
+
+    if not (REAL / name).is_file():
+        pytest.skip(f"real volumes not found at {REAL}")
+    other = load_volume(REAL / name)
+    window, note = default_window(modality, other)
+    assert note is None and saturated_share(other.data, window) < 0.005
+    # The whole-volume 0.5-99.5th percentiles (half the volume is air) put 5-10× more of the head at the top.
+    assert saturated_share(other.data, percentile_window(other.data, (0.5, 99.5))) > 5 * saturated_share(
+        other.data, window)
+    narrow = f"--window={window[0]:g},{window[0] + 0.6 * (window[1] - window[0]):g}"
+    result = run_cli("fuse-volume", REAL / "single_subj_T1.nii.gz", REAL / name, "--modality", modality,
+                     "-o", tmp_path / "f.nii.gz", "--model", model_path, narrow)
+    assert result.exit_code == 0 and "of OTHER's head at the top of the scale" in result.output, result.output
