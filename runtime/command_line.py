@@ -14,7 +14,9 @@ import errno
 import importlib.util
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -78,6 +80,8 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
         return one_line(exc.format_message()) + where, exc.exit_code
     if isinstance(exc, click.ClickException):
         return one_line(exc.format_message()), exc.exit_code
+    if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):  # click wraps it in Abort
+        return "terminated (SIGTERM)", 143
     if isinstance(exc, click.Abort | KeyboardInterrupt):
         return "interrupted", 130
     if isinstance(exc, CMINetError):
@@ -103,6 +107,21 @@ _NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
     filter(None, [getattr(click.exceptions, "NoArgsIsHelpError", None)]))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, docker stop) raised like Ctrl-C, so that every ``finally`` and
+    ``with`` block on the way out removes its temporary files and staged outputs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def _terminate_like_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 class _Boundary:
     """Mixin for click commands: runs ``main`` inside the error boundary and gives every
     command the ``--debug`` option."""
@@ -116,6 +135,7 @@ class _Boundary:
         if not standalone_mode:
             return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         debug = wants_debug(argv)
+        _terminate_like_ctrl_c()
         try:
             with warnings.catch_warnings():
                 if not debug:

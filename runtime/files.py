@@ -224,10 +224,8 @@ class OutputSet:
 
     def _not_an_input(self, destination: Path) -> None:
         """An input is never an output: not the same file, nor inside an output folder."""
+        check_not_an_input(destination, self._inputs)
         real = Path(os.path.realpath(destination))
-        for source in self._inputs:
-            if real == source or real in source.parents:
-                raise OutputError(f"{destination}: is an input of this command (or holds one); give another path")
         for _, other in self._staged:
             if Path(os.path.realpath(other)) == real:
                 raise OutputError(f"{destination}: given for two outputs")
@@ -291,3 +289,12 @@ def check_new_folder(folder: str | os.PathLike) -> Path:
         raise OutputError(f"{folder}: exists and is not an empty folder; give a new folder")
     check_output(folder.parent / ".cminet-check")
     return folder
+
+
+def check_not_an_input(output: str | os.PathLike, inputs) -> None:
+    """Refuse an output that is (or links to) one of ``inputs``, or a folder holding one."""
+    real = Path(os.path.realpath(output))
+    for source in inputs:
+        source = Path(os.path.realpath(source))
+        if real == source or real in source.parents:
+            raise OutputError(f"{output}: is an input of this command (or holds one); give another path")

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import CMINetError
+from .files import check_not_an_input
 from .imaging import read_image, write_image
 from .modality import PAIR_TYPES as MODALITY_PAIR_TYPES
 
@@ -101,7 +102,9 @@ class Fuses(Protocol):
 
 
 def fuse_files(fuser: Fuses, mri_path: str | Path, other_path: str | Path, out_path: str | Path) -> np.ndarray:
-    """Read a pair, fuse it, write ``out_path`` atomically. Errors name the offending file."""
+    """Read a pair, fuse it, write ``out_path`` atomically. Errors name the offending file.
+    The output is never one of the inputs (through a symlink either)."""
+    check_not_an_input(out_path, (mri_path, other_path))
     mri, other = read_image(mri_path), read_image(other_path)
     try:
         fused = fuser.fuse(mri, other)

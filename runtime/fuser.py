@@ -106,6 +106,7 @@ class Fuser:
         if isinstance(source, Backend):
             self.path: Path | str = f"<{source.name} backend>"
             self._backend = source
+            self._check_metadata()
             return
         _choice("backend", backend, BACKEND_CHOICES)
         if precision is not None:
@@ -137,6 +138,15 @@ class Fuser:
         name = resolve_backend(kind, backend, self.path if kind == "onnx" else None, threads)  # type: ignore[arg-type]
         self._backend = open_backend(name, self.path, device=device, threads=threads, optimization=optimization,
                                      precision=precision)
+        self._check_metadata()
+
+    def _check_metadata(self) -> None:
+        """The model's recorded config (which sizes memory and tiles) is an input like any other."""
+        try:
+            self.size_policy()
+        except ContractError as exc:
+            self.close()
+            raise ModelFileError(f"{self.path}: {exc}") from None
 
     @property
     def backend(self) -> Backend:

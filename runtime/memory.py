@@ -31,6 +31,9 @@ BUDGET_FRACTION = 0.75  # of the memory available now: the rest is for the OS an
 GIB = 2**30
 
 
+MAX_CONFIG_VALUE = 4096  # channels, heads, patch size, pooling: far above any CMINet's
+
+
 @dataclass(frozen=True)
 class NetworkShape:
     """The hyper-parameters that set a CMINet's activation memory (the shipped config's
@@ -44,12 +47,25 @@ class NetworkShape:
     @classmethod
     def from_config_json(cls, text: str | None) -> NetworkShape:
         """From ``cminet.config`` metadata (a CMINetConfig as JSON); defaults if absent or
-        unreadable (a foreign model: the estimate is then the shipped model's)."""
+        unreadable (a foreign model: the estimate is then the shipped model's). A value no
+        network can have (0, negative, absurdly large, not a whole number) is refused: the
+        metadata comes with a file and is checked like any other input."""
         try:
-            data = json.loads(text) if text else {}
-            return cls(**{f.name: int(data[f.name]) for f in fields(cls) if f.name in data})
-        except (ValueError, TypeError):
+            data = json.loads(text) if text and len(text) < 1 << 16 else {}
+        except (ValueError, RecursionError):
             return cls()
+        if not isinstance(data, dict):
+            return cls()
+        values = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONFIG_VALUE:
+                raise ContractError(f"model metadata: {f.name} = {value!r}; a CMINet has a whole number from 1 to "
+                                    f"{MAX_CONFIG_VALUE}")
+            values[f.name] = value
+        return cls(**values)
 
     def attention_elements(self, n: int, height: int, width: int) -> int:
         hp, wp = padded(height, self.patch_size * self.kv_pool), padded(width, self.patch_size * self.kv_pool)

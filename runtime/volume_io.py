@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, SizeLimitError
 from .files import atomic_output
+from .memory import check_fits
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])  # how nibabel reads and writes NIFTI_TYPE_RGB24
@@ -158,6 +159,7 @@ def read_nifti(path: str | os.PathLike, role: str = "volume") -> Volume:
     if any(n > 1 for n in shape[3:]):
         raise VolumeError(f"{role} {path}: a {len(shape)}-D volume of {'×'.join(map(str, shape))} (time points or "
                           "frames); extract one 3-D volume first (e.g. fslroi, or nibabel's image slicer)")
+    _check_memory(shape[:3], f"{role} {path}")
     header = img.header
     qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
     if qform_code == 0 and sform_code == 0:
@@ -172,21 +174,49 @@ def read_nifti(path: str | os.PathLike, role: str = "volume") -> Volume:
                           "and SPECT the measured values, not a colour rendering)")
     if data.dtype.kind == "c":
         raise VolumeError(f"{role} {path}: complex voxels; expected real values")
-    data = data.reshape(shape[:3])
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)  # scaled int16 comes back as float64: half the memory
-    return Volume(_finite(data, f"{role} {path}"), img.affine, source=str(path), xform_code=sform_code or qform_code)
+    # float64 (scaled int16) becomes float32: half the memory, overflows cleaned by _checked
+    data, affine = _checked(data.reshape(shape[:3]), img.affine, f"{role} {path}")
+    return Volume(data, affine, source=str(path), xform_code=sform_code or qform_code)
 
 
-def _finite(data: np.ndarray, where: str) -> np.ndarray:
+# A voxel side outside this range (mm) is a broken header, not a scan.
+VOXEL_MM = (1e-3, 500.0)
+# Working bytes per voxel while a volume is read: the stored values, their float32 copy and
+# the scaled float64 nibabel makes on the way (the largest transient).
+READ_BYTES_PER_VOXEL = 16
+
+
+def _checked(data: np.ndarray, affine: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The one check every reader's result passes: float values finite (NaN/Inf, including a
+    scaled value that overflowed float32, become the lowest finite value, with a warning, as
+    the outside of a PET field of view usually is), and a voxel size a scan can have."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise GeometryError(f"{where}: the header's geometry holds NaN or Inf")
+    sides = np.linalg.norm(affine[:3, :3], axis=0)
+    if not ((sides >= VOXEL_MM[0]) & (sides <= VOXEL_MM[1])).all():
+        raise GeometryError(f"{where}: voxel size {'×'.join(f'{v:.3g}' for v in sides)} mm; a scan's is between "
+                            f"{VOXEL_MM[0]:g} and {VOXEL_MM[1]:g} mm (a broken header)")
     if data.dtype.kind != "f":
-        return data
+        return data, affine
+    if data.dtype != np.float32:
+        with np.errstate(over="ignore"):  # an overflow becomes Inf, cleaned below
+            data = data.astype(np.float32)
     finite = np.isfinite(data)
     if finite.all():
-        return data
+        return data, affine
     if not finite.any():
-        raise VolumeError(f"{where}: every voxel is NaN or Inf")
-    return np.where(finite, data, data[finite].min()).astype(data.dtype)
+        raise VolumeError(f"{where}: every voxel is NaN or Inf (a broken scale factor?)")
+    bad = int(data.size - np.count_nonzero(finite))
+    warnings.warn(f"{where}: {bad:,} voxels are NaN or Inf (outside the field of view, or a scale factor that "
+                  "overflows); shown as the lowest value", UserWarning, stacklevel=3)
+    return np.where(finite, data, data[finite].min()).astype(np.float32), affine
+
+
+def _check_memory(shape, where: str) -> None:
+    """Refuse, from the header alone, a volume that cannot be read here (before decompressing)."""
+    voxels = int(np.prod([int(n) for n in shape], dtype=np.float64))
+    check_fits(voxels * READ_BYTES_PER_VOXEL, f"{where}: {'×'.join(map(str, shape))} voxels")
 
 
 def read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volume:
@@ -221,6 +251,9 @@ def _read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volum
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             ds = pydicom.dcmread(path)
+        except MemoryError:  # never "not DICOM": a deflated bomb, or a file larger than memory
+            raise SizeLimitError(f"{role} {path}: does not fit in this machine's memory when read "
+                                 "(a compressed DICOM that inflates too far?)") from None
         except Exception:  # not DICOM (README, .json, DICOMDIR without pixels are all fine to skip)
             continue
         if "PixelData" in ds:
@@ -230,6 +263,8 @@ def _read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volum
     if len(named) == 1 and str(named[0][1].get("Modality", "")) == "NM":
         return _read_nm_tomo(*named[0], folder, role)
     _check_series(named, folder, role)
+    where = f"{role} {folder}"
+    _check_memory((int(named[0][1].get("Columns", 0) or 0), int(named[0][1].get("Rows", 0) or 0), len(named)), where)
     datasets = [ds for _, ds in named]
     try:
         vol = hd.get_volume_from_series(datasets, dtype=np.float32, rtol=SPACING_RTOL,
@@ -245,8 +280,8 @@ def _read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volum
         flip = np.diag([-1.0, 1.0, 1.0, 1.0])
         flip[0, 3] = array.shape[0] - 1
         array, affine_lps = array[::-1], affine_lps @ flip
-    data = np.ascontiguousarray(array.transpose(2, 1, 0))
-    affine = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
+    data, affine = _checked(np.ascontiguousarray(array.transpose(2, 1, 0)),
+                            LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]], where)
     first = datasets[0]
     header = first.copy()
     del header.PixelData
@@ -279,6 +314,7 @@ def _read_nm_tomo(name: str, ds, folder: Path, role: str) -> Volume:
         raise GeometryError(f"{where}: an NM image with {what}, so not a reconstructed SPECT volume (projections?)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise VolumeError(f"{where}: a colour image; expected a scalar volume")
+    _check_memory((int(ds.Columns), int(ds.Rows), frames), where)
     from pydicom.pixels import apply_modality_lut
 
     iop = np.asarray(detector.ImageOrientationPatient, dtype=float)
@@ -292,8 +328,9 @@ def _read_nm_tomo(name: str, ds, folder: Path, role: str) -> Volume:
     values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32).reshape(frames, ds.Rows, ds.Columns)
     header = ds.copy()
     del header.PixelData
-    return Volume(np.ascontiguousarray(values.transpose(2, 1, 0)), LPS_TO_RAS @ affine_lps, source=str(folder),
-                  modality="NM", units=str(ds.get("Units", "")) or None, dicom=header)
+    data, affine = _checked(np.ascontiguousarray(values.transpose(2, 1, 0)), LPS_TO_RAS @ affine_lps, where)
+    return Volume(data, affine, source=str(folder), modality="NM", units=str(ds.get("Units", "")) or None,
+                  dicom=header)
 
 
 def _check_series(named: list[tuple[str, Any]], folder: Path, role: str) -> None:
@@ -449,6 +486,7 @@ def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: st
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename: a folder like any other
     written = []
     try:
         for k in range(volume.shape[2]):
@@ -538,6 +576,12 @@ def _valid(vr: str, value: str) -> bool:
     except (ValueError, KeyError):
         return False
     return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _ds(value: float) -> str:

@@ -484,3 +484,115 @@ def test_names_that_are_not_utf8_do_not_crash_opencv(assets, tmp_path):
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert (tmp_path / "e" / "comparison.png").is_file() and b"odd\xffname" in (tmp_path / "e/summary.md").read_bytes()
+
+
+# -- round two: outputs that are inputs, SIGTERM, model metadata, sidecars, caches ------------
+PET_MRI_SAMPLE = badinput_assets.SAMPLES_DIR / "pet_mri/mri/41066.png"
+PET_SAMPLE = badinput_assets.SAMPLES_DIR / "pet_mri/other/41066.png"
+
+
+@pytest.mark.torch_free
+def test_fuse_never_writes_over_an_input(tmp_path):
+    import shutil
+
+    mri, pet = tmp_path / "m.png", tmp_path / "p.png"
+    shutil.copy(PET_MRI_SAMPLE, mri)
+    shutil.copy(PET_SAMPLE, pet)
+    (tmp_path / "link.png").symlink_to(mri)
+    before = mri.read_bytes()
+    for output in (mri, tmp_path / "link.png"):
+        result = CliRunner().invoke(cminet_main, ["fuse", str(mri), str(pet), "-o", str(output),
+                                                  "--backend", "ort-cpu"])
+        assert result.exit_code == 1 and "is an input of this command" in result.output, result.output
+    assert mri.read_bytes() == before
+
+
+@pytest.mark.torch_free
+def test_sigterm_leaves_no_temporary_or_partial_outputs(tmp_path):
+    import signal
+    import time
+
+    volumes = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes"
+    mri, pet = volumes / "niivue/MNI152_2009_template.nii.gz", volumes / "spm12/template_PET.nii.gz"
+    if not mri.is_file():
+        pytest.skip(f"real volumes not found at {volumes}")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cminet.cli", "fuse-volume", str(mri), str(pet), "--modality",
+                             "pet", "-o", str(out / "f.nii.gz"), "--dicom-out", str(out / "dicom"), "--png-dir",
+                             str(out / "png"), "--backend", "ort-cpu"], cwd=tmp_path, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=torch_free_env(tmp_path))
+    time.sleep(4.0)  # reading and fusing have begun (the whole run takes 10+ s here)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "error: terminated (SIGTERM)" in stderr, stderr[-2000:]
+    assert list(out.iterdir()) == []  # no NIfTI, no folders, no staging
+
+
+@pytest.mark.torch_free
+def test_dicom_and_png_folders_get_the_users_permissions(tmp_path):
+    from cminet.runtime.volume import Volume, load_volume, save_dicom_series
+
+    mri = Volume(np.arange(24 * 24 * 4, dtype=np.uint32).reshape(24, 24, 4).astype(np.uint8), np.diag([8, 8, 8, 1.0]))
+    previous = os.umask(0o022)
+    try:
+        save_dicom_series(mri, tmp_path / "dicom")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "dicom").stat().st_mode & 0o777 == 0o755
+    assert load_volume(tmp_path / "dicom").shape == mri.shape
+
+
+def test_model_metadata_is_validated_like_any_input(tmp_path):
+    import onnx
+
+    from cminet.runtime import Fuser
+    from cminet.runtime.errors import ModelFileError
+
+    for key, value in (("patch_size", 0), ("num_heads", -5), ("channels", 10**9)):
+        model = onnx.load(shipped_onnx("fp32"))
+        entry = next(p for p in model.metadata_props if p.key == "cminet.config")
+        config = __import__("json").loads(entry.value)
+        config[key] = value
+        entry.value = __import__("json").dumps(config)
+        path = tmp_path / f"{key}.onnx"
+        onnx.save(model, path)
+        with pytest.raises(ModelFileError, match=f"model metadata: {key} = {value}"):
+            Fuser(path, backend="ort-cpu")
+
+
+@pytest.mark.torch_free
+def test_a_sidecar_nested_past_the_recursion_limit_is_a_model_file_error(tmp_path):
+    from cminet.runtime.backends.tensorrt import read_sidecar
+    from cminet.runtime.contract import sidecar_path
+    from cminet.runtime.errors import ModelFileError
+
+    engine = tmp_path / "x.engine"
+    engine.write_bytes(b"\0" * 64)
+    sidecar_path(engine).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match="unreadable sidecar"):
+        read_sidecar(engine)
+
+
+@pytest.mark.torch_free
+def test_a_fifo_or_junk_at_the_backend_cache_is_measured_over_not_waited_on(tmp_path, monkeypatch):
+    from cminet.runtime.backends import choice
+    from cminet.runtime.backends.base import missing_requirement
+
+    if missing_requirement("ov-cpu"):
+        pytest.skip("auto measures only where OpenVINO is installed")
+    monkeypatch.delenv(choice.OVERRIDE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    choice.cache_path().parent.mkdir(parents=True)
+    os.mkfifo(choice.cache_path())
+    measured = []
+
+    def measure(path, threads):
+        measured.append(path)
+        return {"ort-cpu": 1.0, "ov-cpu": 2.0}
+
+    assert choice.cpu_backend(shipped_onnx("fp32"), 1, measure=measure) == "ort-cpu" and measured
+    assert choice.cache_path().is_fifo()  # left alone, never replaced or written into
+    os.unlink(choice.cache_path())
+    choice.cache_path().write_text("[" * 100_000)  # junk: measured over, then replaced
+    assert choice.cpu_backend(shipped_onnx("fp32"), 1, measure=measure) == "ort-cpu" and len(measured) == 2

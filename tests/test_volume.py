@@ -893,3 +893,60 @@ def test_functional_windows_keep_the_brightest_uptake_below_the_top(name, modali
     result = run_cli("fuse-volume", REAL / "single_subj_T1.nii.gz", REAL / name, "--modality", modality,
                      "-o", tmp_path / "f.nii.gz", "--model", model_path, narrow)
     assert result.exit_code == 0 and "of OTHER's head at the top of the scale" in result.output, result.output
+
+
+# -- hostile volumes: one validated reader path ------------------------------------------------
+@pytest.mark.torch_free
+def test_a_nan_rescale_slope_on_one_pet_slice_is_cleaned_and_said(tmp_path, model_path):
+    mri = brain_mri((24, 24, 8), (8.0, 8.0, 8.0), "LPS")
+    frame = pydicom.uid.generate_uid()
+    mri_dir = write_series(mri, tmp_path / "mri", template="MR_small.dcm", frame=frame)
+    pet = sphere_volume((20, 20, 8), (8.0, 8.0, 8.0), "RAS", value=5000.0, background=200.0)
+    slopes = [1.0] * 8
+    pet_dir = write_series(pet, tmp_path / "pet", modality="PT", frame=frame, slopes=slopes,
+                           header={"PatientID": "4MR1", "PatientName": "CompressedSamples^MR1"})
+    broken = sorted(pet_dir.iterdir())[3]
+    ds = pydicom.dcmread(broken)
+    ds.RescaleSlope = "nan"
+    ds.save_as(broken)
+    result = run_cli("fuse-volume", mri_dir, pet_dir, "-o", tmp_path / "f.nii.gz", "--model", model_path)
+    assert result.exit_code == 0, result.output
+    assert "voxels are NaN or Inf" in result.output and "nan..nan" not in result.output
+    window = next(line for line in result.output.splitlines() if "pet: window" in line)
+    assert "window 200..5000" in window.replace(" BQML", ""), window
+
+
+@pytest.mark.torch_free
+def test_scale_overflow_zero_and_absurd_voxels_are_cleaned_or_refused(tmp_path):
+    volume = sphere_volume((16, 16, 8), (4.0, 4.0, 4.0), "RAS", value=5000.0, background=0.0)
+    img = nib.Nifti1Image(volume.data.astype(np.int16), volume.affine)
+    img.header.set_slope_inter(1e38, 0.0)  # every non-zero voxel overflows float32: Inf
+    nib.save(img, tmp_path / "overflow.nii.gz")
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        loaded = load_volume(tmp_path / "overflow.nii.gz")
+    assert np.isfinite(loaded.data).all()
+    for side, name in ((0.0, "zero"), (1e30, "huge")):
+        img = nib.Nifti1Image(volume.data, None)
+        img.header.set_sform(np.diag([4.0, 4.0, side, 1.0]), code=1)  # as a broken writer leaves it
+        img.header.set_qform(None, code=0)
+        nib.save(img, tmp_path / f"{name}.nii.gz")
+        with pytest.raises(CMINetError, match="voxel size"):
+            load_volume(tmp_path / f"{name}.nii.gz")
+
+
+@pytest.mark.torch_free
+def test_a_header_declaring_more_voxels_than_memory_is_refused_before_decompressing(tmp_path, monkeypatch):
+    import gzip
+    import time
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.int16)
+    header.set_qform(np.eye(4), code=1)
+    with gzip.open(tmp_path / "bomb.nii.gz", "wb") as stream:  # a header and a few zeros: tiny on disk
+        stream.write(header.binaryblock + b"\0" * (int(header["vox_offset"]) - 348) + bytes(1 << 20))
+    monkeypatch.setenv("CMINET_MAX_MEMORY", "2G")
+    started = time.perf_counter()
+    with pytest.raises(CMINetError, match="2048×2048×2048 voxels: needs about"):
+        load_volume(tmp_path / "bomb.nii.gz")
+    assert time.perf_counter() - started < 5  # refused from the header, not after inflating 16 GiB

@@ -43,6 +43,9 @@ OVERRIDE_ENV = "CMINET_CPU_BACKEND"  # pins the choice (and skips the measuremen
 MEASURE_VERSION = 2
 
 
+MAX_CACHE_BYTES = 1 << 20
+
+
 def cache_path() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "cminet" / CACHE_FILE
@@ -110,9 +113,12 @@ def cpu_backend(path: str | os.PathLike, threads: int | None = None,
     path, threads = Path(path), threads or os.cpu_count() or 1
     key = choice_key(path, threads)
     cache = cache_path()
+    # Only a regular file of sane size is a cache: a FIFO there would block every fuse, a
+    # folder or a huge or deeply nested file would fail it. Junk is measured over, not obeyed.
+    usable = cache.is_file() or not cache.exists()
     try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
+        known = json.loads(cache.read_text()) if cache.is_file() and cache.stat().st_size < MAX_CACHE_BYTES else {}
+    except (OSError, ValueError, RecursionError):
         known = {}
     if not isinstance(known, dict):
         known = {}
@@ -128,9 +134,10 @@ def cpu_backend(path: str | os.PathLike, threads: int | None = None,
                       RuntimeWarning, stacklevel=2)
         return CANDIDATES[0]  # not cached: a later OpenVINO may run it
     known[key] = verdict
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, json.dumps(known, indent=1) + "\n")
-    except OSError:
-        pass  # a read-only home: measure again next time rather than fail the fuse
+    if usable:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache, json.dumps(known, indent=1) + "\n")
+        except (OSError, CMINetError):
+            pass  # a read-only home: measure again next time rather than fail the fuse
     return verdict["backend"]

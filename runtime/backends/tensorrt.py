@@ -37,7 +37,7 @@ from ..contract import (
     validate_profile,
 )
 from ..cuda import CudaApi, CudaUnavailable, DeviceInfo, open_cuda
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 from .base import Backend, BackendUnavailable
 
 # N×H×W. The engine profile cminet builds by default (sized for a Jetson Orin Nano 8 GB:
@@ -73,14 +73,19 @@ def tensorrt_status(device: int = 0) -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {gpu.name} (compute capability {gpu.compute_capability}, {cuda.name})"
 
 
+MAX_SIDECAR_BYTES = 1 << 20
+
+
 def read_sidecar(engine_path: Path) -> dict:
     sidecar = sidecar_path(engine_path)
     if not sidecar.is_file():
         raise ModelFileError(f"{engine_path}: no {sidecar.name} beside it (build engines with cminet-export)")
     try:
+        if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ValueError(f"{sidecar.stat().st_size:,} bytes; a sidecar is a few hundred")
         meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{sidecar}: unreadable sidecar ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested past Python's limit
+        raise ModelFileError(f"{sidecar}: unreadable sidecar ({first_line(exc) or type(exc).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise ModelFileError(f"{sidecar}: not a cminet engine sidecar (format {SIDECAR_FORMAT} expected)")
     missing = [key for key in SIDECAR_KEYS if key not in meta]
