@@ -2,11 +2,11 @@
 interleaved in one process (A, B, C, then C, B, A, ...) so load from other processes hits
 them alike, at batch 1 and 2 threads. Timing only: these are not product code and not tests.
 
-    python benchmarks/experiments/issue17.py ov-static  [--size 256]  # dynamic vs static OpenVINO
-    python benchmarks/experiments/issue17.py ov-split   [--size 256]  # ov-cpu with / without the split
-    python benchmarks/experiments/issue17.py channels                 # channel-count variants (random weights)
-    python benchmarks/experiments/issue17.py mnn        # pip install MNN  (converts with mnnconvert)
-    python benchmarks/experiments/issue17.py ncnn       # pip install ncnn pnnx (exports from PyTorch)
+    python benchmarks/experiments/cpu_runtime_variants.py ov-static  [--size 256]  # dynamic vs static OpenVINO
+    python benchmarks/experiments/cpu_runtime_variants.py ov-split   [--size 256]  # ov-cpu with / without the split
+    python benchmarks/experiments/cpu_runtime_variants.py channels                 # channel-count variants
+    python benchmarks/experiments/cpu_runtime_variants.py mnn        # pip install MNN  (converts with mnnconvert)
+    python benchmarks/experiments/cpu_runtime_variants.py ncnn       # pip install ncnn pnnx (exports from PyTorch)
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ within the Laplacian pyramid's ColourDE while CMINet keeps the best mean rank? S
 shipped network (ONNX Runtime, torch-free) on selection sets carved from the train split
 only; the test split is never read. Not product code and not a test.
 
-    python benchmarks/experiments/issue15.py grid --set val    --pair spect_mri
-    python benchmarks/experiments/issue15.py grid --set train4 --pair spect_mri
-    python benchmarks/experiments/issue15.py grid --set cases:3,11,35 --pair spect_mri --variants raw,h4
-    python benchmarks/experiments/issue15.py grid ... --json FILE.json  # append the rows
+    python benchmarks/experiments/spect_recentring_grid.py grid --set val    --pair spect_mri
+    python benchmarks/experiments/spect_recentring_grid.py grid --set train4 --pair spect_mri
+    python benchmarks/experiments/spect_recentring_grid.py grid --set cases:3,11,35 --pair spect_mri --variants raw,h4
+    python benchmarks/experiments/spect_recentring_grid.py grid ... --json FILE.json  # append the rows
 
 Sets (each pair plus one shifted copy, as ``cminet evaluate --shifted 1``):
 
