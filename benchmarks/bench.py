@@ -15,7 +15,6 @@ ships), so it needs no torch either.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -49,38 +48,24 @@ from .stats import fit_exponent
 SAMPLE = ("pet_mri", "41066.png")  # the cold-start image pair
 
 
+# Asked in a child process, so that this one never imports torch, TensorRT or CUDA (each
+# benchmark row runs in a worker of its own): every backend's own verdict.
+_VERDICTS = ("import json, sys\nfrom cminet.runtime.backends.base import unavailable_reason\n"
+             "print(json.dumps({name: unavailable_reason(name) for name in sys.argv[1:]}))")
+
+
 def available_backends() -> list[tuple[str, str]]:
-    """(backend, precision) pairs this machine can run, found without importing torch,
-    TensorRT or CUDA into this process where a cheaper probe answers."""
-    import onnxruntime as ort
-
-    found: list[tuple[str, str]] = []
-    if missing_requirement("torch-cpu") is None:
-        found.append(("torch-cpu", "fp32"))
-        if _torch_cuda_available():
-            found += [("torch-cuda", "fp32"), ("torch-cuda", "fp16")]
-    providers = ort.get_available_providers()
-    found += [("ort-cpu", p) for p in BACKENDS["ort-cpu"].precisions]
-    if missing_requirement("ov-cpu") is None:
-        found += [("ov-cpu", p) for p in BACKENDS["ov-cpu"].precisions]
-    if "CUDAExecutionProvider" in providers:
-        found += [("ort-cuda", p) for p in BACKENDS["ort-cuda"].precisions]
-    if "TensorrtExecutionProvider" in providers:
-        found += [("ort-trt", p) for p in BACKENDS["ort-trt"].precisions]
-    if missing_requirement("tensorrt") is None:
-        # JetPack's TensorRT + cuda-python is enough: no CUDA build of torch or ORT needed.
-        from cminet.export.tensorrt_build import tensorrt_status
-
-        if tensorrt_status()[0]:
-            found += [("tensorrt", p) for p in BACKENDS["tensorrt"].precisions]
-    return found
-
-
-@functools.lru_cache(maxsize=1)
-def _torch_cuda_available() -> bool:
-    code = "import torch; print(torch.cuda.is_available())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    return out.stdout.strip() == "True"
+    """(backend, precision) pairs this machine can run: every backend of the table that says
+    it can (:func:`~cminet.runtime.backends.base.unavailable_reason`), in each precision it
+    offers. A server (``triton``) needs a URL: ``cminet serve --benchmark`` measures that."""
+    names = [name for name, spec in BACKENDS.items() if spec.runs != "url"]
+    proc = subprocess.run([sys.executable, "-c", _VERDICTS, *names], capture_output=True, text=True, timeout=300)
+    try:
+        verdicts = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise CMINetError(f"could not ask the backends whether they run here: {proc.stderr.strip()[-300:]}") from None
+    return [(name, precision) for name in names if verdicts.get(name) is None
+            for precision in BACKENDS[name].precisions]
 
 
 def _whole(value) -> bool:
