@@ -35,8 +35,8 @@ def ort_op_breakdown(onnx_path: str | Path, height: int, width: int, runs: int =
     with the session settings the ort-cpu backend uses."""
     import onnxruntime as ort
 
-    from cminet.runtime.backends.onnxruntime import session_input_dtype
-    from cminet.runtime.contract import INPUT_NAMES, ORT_SESSION_CONFIG
+    from cminet.runtime.backends.onnxruntime import ORT_SESSION_CONFIG, session_input_dtype
+    from cminet.runtime.contract import INPUT_NAMES
 
     options = ort.SessionOptions()
     options.enable_profiling = True

@@ -9,7 +9,7 @@ sgemm rate measured between the blocks is the compute roof the latency is set ag
 
 Methods at each size: the shipped FP32 ONNX on ONNX Runtime with the settings cminet used
 with ONNX Runtime's defaults (``before``: intra-op threads spinning), with today's settings
-(:data:`~cminet.runtime.contract.ORT_SESSION_CONFIG`), on OpenVINO where installed, and
+(:data:`~cminet.runtime.backends.onnxruntime.ORT_SESSION_CONFIG`), on OpenVINO where installed, and
 IFCNN (:mod:`cminet.benchmarks.ifcnn`, a timing reference with random weights) on ONNX
 Runtime with today's settings.
 
@@ -55,7 +55,7 @@ def _ort_session(path: str, threads: int, config: dict[str, str]):
 
 def methods(model: str, ifcnn: str | None, threads: int) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
     from cminet.runtime.backends.base import missing_requirement, open_backend
-    from cminet.runtime.contract import ORT_SESSION_CONFIG
+    from cminet.runtime.backends.onnxruntime import ORT_SESSION_CONFIG
 
     found: dict[str, Callable] = {}
     before = _ort_session(model, threads, BEFORE)

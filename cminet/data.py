@@ -26,6 +26,7 @@ from cminet.augment import Augment, shifted_copies
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.folders import PairRef, discover_pairs, list_pairs
 from cminet.runtime.imaging import prepare_pair, read_image
+from cminet.runtime.modality import from_pair_type
 
 __all__ = ["FusionPairs", "load_pair", "split_validation", "validation_split"]
 
@@ -84,7 +85,9 @@ def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     functional source's colour weight (:func:`cminet.runtime.colour.colour_weight`: 1 on
     its coloured pixels, 0 where grey, and all 0 for a CT). Raises ImageError naming the file."""
     prepared = prepare_pair(read_image(ref.mri_path), read_image(ref.other_path))
-    mask = prepared.colour if prepared.colour is not None else np.zeros_like(prepared.other)
+    row = from_pair_type(ref.pair)  # the modality table decides; a folder it does not know, the image
+    functional = row.functional if row is not None else prepared.colour is not None
+    mask = prepared.colour if functional and prepared.colour is not None else np.zeros_like(prepared.other)
     return prepared.mri, prepared.other, mask
 
 

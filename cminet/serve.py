@@ -33,9 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cminet.export.triton import IO_DIMS, QUEUE_DELAY_US
 from cminet.runtime.backends.triton import server_message, split_url
-from cminet.runtime.contract import INPUT_NAMES, OUTPUT_NAME, TRITON_MODEL, TRITON_PORT
+from cminet.runtime.contract import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TRITON_IO_DIMS,
+    TRITON_MODEL,
+    TRITON_PORT,
+    TRITON_QUEUE_DELAY_US,
+)
 from cminet.runtime.errors import ServerError
 
 MODEL_NAME = TRITON_MODEL
@@ -90,7 +96,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     config = TritonConfig(http_address=host, http_port=port, allow_grpc=grpc_port is not None,
                           grpc_address=host, grpc_port=grpc_port, allow_metrics=metrics_port is not None,
                           metrics_port=metrics_port, exit_timeout_secs=5)
-    tensors = [Tensor(name=name, dtype=np.float32, shape=IO_DIMS) for name in INPUT_NAMES]
+    tensors = [Tensor(name=name, dtype=np.float32, shape=TRITON_IO_DIMS) for name in INPUT_NAMES]
     # SIGTERM (docker stop, systemd, kill) shuts down as cleanly as Ctrl-C; SIGINT is set
     # too because a shell starts background jobs with it ignored.
     previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -98,9 +104,9 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
         with Triton(config=config) as triton:
             try:
                 triton.bind(model_name=MODEL_NAME, infer_func=infer, inputs=tensors,
-                            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=IO_DIMS)],
+                            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=TRITON_IO_DIMS)],
                             config=ModelConfig(max_batch_size=max_batch_size,
-                                               batcher=DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US)))
+                                               batcher=DynamicBatcher(max_queue_delay_microseconds=TRITON_QUEUE_DELAY_US)))
             except Exception as exc:  # tritonclient's InferenceServerException with the backend's traceback
                 raise ServerError(f"tritonserver could not load the model: {server_message(exc)} "
                                   "(its log is above)") from None

@@ -29,12 +29,12 @@ from typing import Any
 
 from cminet.runtime.backends.base import BackendUnavailable
 from cminet.runtime.backends.tensorrt import (  # torch-free: usable on a Jetson
-    DEFAULT_ENGINE_PROFILE,
     engine_device_memory,
     import_tensorrt,
     tensorrt_status,
 )
 from cminet.runtime.contract import (
+    DEFAULT_ENGINE_PROFILE,
     INPUT_NAMES,
     SIDECAR_FORMAT,
     ContractError,

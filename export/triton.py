@@ -30,17 +30,20 @@ import json
 import shutil
 from pathlib import Path
 
-from cminet.runtime.contract import INPUT_NAMES, OUTPUT_NAME, sidecar_path
+from cminet.runtime.contract import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    TRITON_IO_DIMS,
+    TRITON_QUEUE_DELAY_US,
+    sidecar_path,
+)
 from cminet.runtime.errors import CMINetError, ModelFileError
 from cminet.runtime.files import atomic_output, write_bytes_atomic
 
 ONNX_MODEL = "cminet_onnx"
 TRT_MODEL = "cminet_trt"
 VERSION = "1"
-IO_DIMS = (1, -1, -1)  # C×H×W of every tensor; N is Triton's batch dimension
-# Dynamic batching waits at most this long for more requests of the same size: noise
-# beside a ≥ 10 ms network call, enough for requests arriving together to meet.
-QUEUE_DELAY_US = 1000
+IO_DIMS, QUEUE_DELAY_US = TRITON_IO_DIMS, TRITON_QUEUE_DELAY_US
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 

@@ -140,21 +140,19 @@ RUNTIME_BACKENDS = tuple(name for name, spec in BACKENDS.items() if spec.runtime
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
 ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-# ONNX Runtime session settings every cminet session gets. Spinning off: idle intra-op
-# threads that busy-wait between ops steal the core the next op needs whenever another
-# process holds one; measured interleaved on a shared 2-core EPYC, spinning made the 256²
-# latency 1.2-1.8x slower under load and bought 2-6 % (within the spread) when it was
-# quieter (docs/cpu-performance.md).
-ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
-# OpenVINO CPU plugin settings for ov-cpu: one request at a time (latency); FP32 pinned (on
-# CPUs with AMX / AVX-512 BF16 the plugin's default is BF16, outside the FP32 tolerance);
-# threads not pinned to cores (pinned threads queue behind other processes on a shared
-# machine: 0.92-0.95x the pinned latency, measured interleaved on the 2-core EPYC).
-OV_CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
 # backend="auto" for an FP32 ONNX on a CPU: ov-cpu only where OpenVINO is installed and a
 # short interleaved measurement on this model and CPU (cached) finds it at most this
 # fraction of ort-cpu's latency; ties stay with ONNX Runtime, the base install.
 AUTO_CPU_SPEEDUP = 0.9
+# N×H×W. The engine profile cminet builds by default (sized for a Jetson Orin Nano 8 GB:
+# up to four 1024² images); ONNX Runtime's TensorRT provider gets the same one.
+DEFAULT_ENGINE_PROFILE: tuple[tuple[int, int, int], ...] = ((1, 16, 16), (1, 256, 256), (4, 1024, 1024))
+# Triton: C×H×W of every tensor (N is Triton's batch dimension), in `cminet serve` and in the
+# repository `cminet-export --triton` writes. Dynamic batching waits at most this long for more
+# requests of the same size: noise beside a ≥ 10 ms network call, enough for requests arriving
+# together to meet.
+TRITON_IO_DIMS = (1, -1, -1)
+TRITON_QUEUE_DELAY_US = 1000
 
 
 def backend_spec(name: str) -> BackendSpec:

@@ -12,8 +12,9 @@ import pytest
 from cminet.runtime import Fuser, ModelFileError
 from cminet.runtime.backends import choice
 from cminet.runtime.backends.base import BackendUnavailable, missing_requirement, open_backend
+from cminet.runtime.backends.onnxruntime import ORT_SESSION_CONFIG
 from cminet.runtime.compare import drift, load_reference
-from cminet.runtime.contract import ORT_SESSION_CONFIG, TOLERANCES, ContractError
+from cminet.runtime.contract import TOLERANCES, ContractError
 
 needs_openvino = pytest.mark.skipif(missing_requirement("ov-cpu") is not None,
                                     reason="openvino is not installed (pip install 'cminet[openvino]')")

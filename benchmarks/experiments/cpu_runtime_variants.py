@@ -78,7 +78,8 @@ def ov_static(args) -> None:
     """The shipped ONNX on OpenVINO compiled with dynamic N/H/W and compiled for one shape."""
     import openvino as ov
 
-    from cminet.runtime.contract import INPUT_NAMES, OV_CPU_CONFIG
+    from cminet.runtime.backends.openvino import OV_CPU_CONFIG
+    from cminet.runtime.contract import INPUT_NAMES
 
     a, b = inputs(args.size)
     feeds = dict(zip(INPUT_NAMES, (a, b), strict=True))

@@ -40,9 +40,6 @@ from ..cuda import CudaApi, CudaUnavailable, DeviceInfo, open_cuda
 from ..errors import ModelFileError, first_line
 from .base import Backend, BackendUnavailable
 
-# N×H×W. The engine profile cminet builds by default (sized for a Jetson Orin Nano 8 GB:
-# up to four 1024² images); ONNX Runtime's TensorRT provider gets the same one.
-DEFAULT_ENGINE_PROFILE: tuple[tuple[int, int, int], ...] = ((1, 16, 16), (1, 256, 256), (4, 1024, 1024))
 INSTALL_HINT = "pip install 'cminet[trt]' on a desktop GPU; JetPack 6 ships TensorRT"
 
 
