@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from cminet.checkpoint import check_finite
-from cminet.model import CMINet
+from cminet.model import CMINet, explicit_attention
 from cminet.runtime.contract import (
     INPUT_NAMES,
     META_CONFIG,
@@ -67,7 +67,7 @@ def export_onnx(model: CMINet, path: str | Path, opset: int = DEFAULT_OPSET, sim
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(1, 1, 64, 64, generator=generator)
     b = torch.rand(1, 1, 64, 64, generator=generator)
-    with atomic_output(path) as tmp_path, warnings.catch_warnings(), torch.no_grad():
+    with atomic_output(path) as tmp_path, warnings.catch_warnings(), torch.no_grad(), explicit_attention(model):
         tmp = str(tmp_path)
         warnings.simplefilter("ignore")
         if opset >= DYNAMO_MIN_OPSET:

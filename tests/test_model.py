@@ -101,3 +101,28 @@ def test_budget_at_default_config(model):
 def test_flops_grow_with_pixels(model):
     small, large = count_flops(model, 128, 128), count_flops(model, 256, 256)
     assert 3.5 < large / small < 4.5  # means, not global attention: ~linear in pixels
+
+
+def test_fused_attention_gives_the_explicit_attentions_outputs_and_gradients():
+    """PyTorch runs attention through scaled_dot_product_attention; the explicit MatMul/Softmax
+    form (what export writes) gives the same outputs and gradients on the shipped weights."""
+    from cminet.fusion import load_pretrained
+    from cminet.model import Attention, explicit_attention
+
+    model = load_pretrained()
+    generator = torch.Generator().manual_seed(0)
+    for size in (48, 256):
+        a, b = (torch.rand(1, 1, size, size, generator=generator) for _ in range(2))
+        with torch.no_grad():
+            fused = model(a, b)
+            with explicit_attention(model):
+                explicit = model(a, b)
+        assert (fused - explicit).abs().max().item() <= 1e-5
+    assert not any(m.explicit for m in model.modules() if isinstance(m, Attention))  # restored
+    grads = []
+    for explicit_form in (False, True):
+        model.zero_grad()
+        with explicit_attention(model) if explicit_form else torch.enable_grad():
+            model(a[..., :48, :48], b[..., :48, :48]).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
