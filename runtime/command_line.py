@@ -80,7 +80,8 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
         return one_line(exc.format_message()) + where, exc.exit_code
     if isinstance(exc, click.ClickException):
         return one_line(exc.format_message()), exc.exit_code
-    if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):  # click wraps it in Abort
+    # click wraps it in Abort: `raise Abort() from e` in 8.2, inside the except block in 8.1
+    if any(isinstance(e, Terminated) for e in (exc, exc.__cause__, exc.__context__)):
         return "terminated (SIGTERM)", 143
     if isinstance(exc, click.Abort | KeyboardInterrupt):
         return "interrupted", 130
