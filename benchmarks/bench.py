@@ -304,10 +304,11 @@ def scaling_report(rows: list[dict]) -> dict:
 def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]] = ((256, 256),),
                   batches: list[int] = (1,), warmup: int = 5, iters: int = 30, weights: str | None = None,
                   models: list[str] = (), drift: bool = True, workdir: str | Path = ".cminet-bench",
-                  threads: int | None = None, op_profile: bool = False,
+                  threads: int | None = None, op_profile: bool = False, backend_options: dict | None = None,
                   progress: Callable[[str], None] = lambda message: None) -> dict:
     """Measure every (backend, precision) asked for (default: all present); return the
-    report dict (machine, models, results, skipped, scaling, costs)."""
+    report dict (machine, models, results, skipped, scaling, costs). ``backend_options``
+    (e.g. ``{"cuda_graphs": False}``, ``{"compile": True}``) go to the backends that take them."""
     for name, value in (("warmup", warmup), ("iters", iters)):
         if not _whole(value) or value < (1 if name == "iters" else 0):
             raise ContractError(f"{name}: expected a whole number ≥ {1 if name == 'iters' else 0}, got {value!r}")
@@ -347,7 +348,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         spec = {"backend": backend, "precision": precision, "model": model, "sizes": [list(s) for s in sizes],
                 "batches": list(batches), "warmup": warmup, "iters": iters, "threads": threads,
                 "reference": reference, "sample_mri": str(sample_root / "mri" / SAMPLE[1]),
-                "sample_other": str(sample_root / "other" / SAMPLE[1])}
+                "sample_other": str(sample_root / "other" / SAMPLE[1]), "options": dict(backend_options or {})}
         try:
             measured, _ = run_worker([], spec, timeout=3600)
             cold, spawned = run_worker(["--cold"], spec, timeout=600)
@@ -358,7 +359,7 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         for row in measured["rows"]:
             cost = costs.get((row["height"], row["width"]))
             row.update(cold_start_s=cold["finished_at"] - spawned, file_mb=size_mb, model=model,
-                       drift=measured["drift"], backend_info=measured["info"])
+                       drift=measured["drift"], backend_info=measured["info"], mode=measured["info"].get("mode"))
             if cost:
                 row.update(parameters=cost["parameters"])
             count = flops.get((row["height"], row["width"])) or (cost or {}).get("flops")

@@ -153,10 +153,13 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--blocks", default=6, show_default=True, type=click.IntRange(min=2),
               help="--interleaved: alternating blocks per method (each one warm-up + --iters/--blocks timed runs).")
 @click.option("--no-drift", is_flag=True, help="Skip the drift check against FP32 PyTorch outputs.")
+@click.option("--no-cuda-graphs", is_flag=True, help="torch-cuda in eager mode instead of CUDA-graph replay.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch backends through torch.compile (compile time shows as cold start).")
 @click.option("--workdir", default=".cminet-bench", show_default=True, type=click.Path(file_okay=False),
               help="Cache for models exported from --weights and built engines.")
 def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_path, record, plot, profiles,
-         profile_ops, interleaved, blocks, no_drift, workdir) -> None:
+         profile_ops, interleaved, blocks, no_drift, no_cuda_graphs, compile_, workdir) -> None:
     """Measure CMINet on every backend present: latency p50/p90/p99, throughput, peak RSS,
     GPU memory, cold start, file size and drift against FP32 PyTorch. Works without torch
     (the shipped ONNX and reference outputs).
@@ -205,6 +208,8 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
         require("matplotlib", "cminet-bench --plot")
     report = run_benchmark(wanted, size_list, _int_list(batches, "--batch"), warmup, iters, weights, list(models),
                            drift=not no_drift, workdir=workdir, op_profile=profile_ops,
+                           backend_options={**({"cuda_graphs": False} if no_cuda_graphs else {}),
+                                            **({"compile": True} if compile_ else {})},
                            progress=lambda message: click.echo(f"• {message} ...", err=True))
     machine = report["machine"]
     click.echo(f"machine: {machine['cpu']} ({machine['cpu_cores']} cores), GPU: {machine['gpu'] or 'none'}, "

@@ -23,9 +23,12 @@ from .stats import latency_summary, throughput_ips
 def open_spec_backend(spec: dict):
     from cminet.runtime.backends.base import backend_options, open_backend
 
-    # The bench's --threads is for the CPU backends; a GPU backend has no such option.
-    threads = spec.get("threads") if "threads" in backend_options(spec["backend"]) else None
-    return open_backend(spec["backend"], spec["model"], threads=threads, precision=spec["precision"])
+    # The bench's --threads is for the CPU backends, --no-cuda-graphs / --compile for torch: each
+    # backend gets those of them it takes.
+    accepted = backend_options(spec["backend"])
+    options = {key: value for key, value in {"threads": spec.get("threads"), **spec.get("options", {})}.items()
+               if key in accepted}
+    return open_backend(spec["backend"], spec["model"], precision=spec["precision"], **options)
 
 
 def run_once(backend, a: np.ndarray, b: np.ndarray) -> np.ndarray:

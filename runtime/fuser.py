@@ -91,7 +91,9 @@ class Fuser:
             one, what the model must be (refused when the file says otherwise), or what the
             torch backends cast to.
         device: CUDA device index. threads: CPU threads. optimization: ONNX Runtime graph
-            optimisation level (disable, basic, extended, all).
+            optimisation level (disable, basic, extended, all). options: what one backend
+            takes beyond these, e.g. ``{"cuda_graphs": False}`` or ``{"compile": True}`` for the
+            torch backends (:func:`~cminet.runtime.backends.base.backend_options` lists them).
 
     An option the chosen backend cannot honour is refused, never ignored. Bad arguments
     raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``) naming the
@@ -100,7 +102,7 @@ class Fuser:
 
     def __init__(self, source: str | os.PathLike | Backend | None = None, backend: str = AUTO,
                  precision: str | None = None, device: int | None = None, threads: int | None = None,
-                 optimization: str | None = None):
+                 optimization: str | None = None, options: dict | None = None):
         self._backend: Backend | None = None
         self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
         if isinstance(source, Backend):
@@ -136,8 +138,10 @@ class Fuser:
             check_fits(path.stat().st_size, f"{path}: a model file of {path.stat().st_size:,} bytes")
             self.path = path
         name = resolve_backend(kind, backend, self.path if kind == "onnx" else None, threads)  # type: ignore[arg-type]
+        if options is not None and not isinstance(options, dict):
+            raise ContractError(f"options: expected a dict of backend options, got {type(options).__name__}")
         self._backend = open_backend(name, self.path, device=device, threads=threads, optimization=optimization,
-                                     precision=precision)
+                                     precision=precision, **(options or {}))
         self._check_metadata()
 
     def _check_metadata(self) -> None:

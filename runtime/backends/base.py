@@ -13,7 +13,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +92,29 @@ class Backend:
         pass
 
 
+class ShapeCache(OrderedDict):
+    """What a backend prepares per input shape at a cost (OpenVINO's static compilation,
+    torch-cuda's CUDA graph): made on first sight of a shape, the last ``keep`` shapes used
+    kept and older ones dropped (a device fuses one slice or tile size, so a few suffice).
+    Not locked: the backend's own lock covers it with the run that uses the entry."""
+
+    def __init__(self, keep: int, make: Callable[[tuple[int, ...]], Any],
+                 release: Callable[[Any], None] | None = None):
+        super().__init__()
+        self.keep, self.make, self.release = keep, make, release
+
+    def get_or_make(self, shape: tuple[int, ...]) -> Any:
+        if shape in self:
+            self.move_to_end(shape)
+            return self[shape]
+        value = self[shape] = self.make(shape)
+        while len(self) > self.keep:
+            _, dropped = self.popitem(last=False)
+            if self.release is not None:
+                self.release(dropped)
+        return value
+
+
 UNBOUNDED = 2**31 - 1  # a dynamic dimension beside fixed ones
 
 
@@ -159,5 +185,5 @@ def open_backend(name: str, path: str | Path, **options) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "BackendUnavailable", "backend_options", "missing_requirement", "open_backend",
+__all__ = ["Backend", "BackendUnavailable", "ShapeCache", "backend_options", "missing_requirement", "open_backend",
            "profile_from_dims", "unavailable_reason"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from ..contract import (
     backend_spec,
 )
 from ..errors import ModelFileError, first_line
-from .base import Backend, BackendUnavailable, profile_from_dims
+from .base import Backend, BackendUnavailable, ShapeCache, profile_from_dims
 
 DEVICE = "CPU"
 SPLIT_MIN_CHANNELS = 8  # narrower pieces (the 2-channel spatial-attention map) measured slower split
@@ -148,7 +147,7 @@ class OpenVINOBackend(Backend):
         self.split_convolutions = split_concat_convolutions(model)
         self.core, self.model = core, model
         self.config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads, **(plugin_config or {})}
-        self.requests: OrderedDict[tuple[int, ...], ov.InferRequest] = OrderedDict()  # by input shape
+        self.requests = ShapeCache(STATIC_SHAPES_KEPT, self._compile_for)  # infer requests by input shape
         # One request per shape, and an infer request is not re-entrant: calls from several
         # threads (a server's workers) take turns, like the TensorRT backend's one context.
         self._lock = threading.Lock()
@@ -156,10 +155,9 @@ class OpenVINOBackend(Backend):
 
     def request_for(self, shape: tuple[int, ...]) -> ov.InferRequest:
         """The inference request of a model compiled for exactly ``shape`` (compiled on first use)."""
-        request = self.requests.get(shape)
-        if request is not None:
-            self.requests.move_to_end(shape)
-            return request
+        return self.requests.get_or_make(shape)
+
+    def _compile_for(self, shape: tuple[int, ...]) -> ov.InferRequest:
         static = self.model.clone()
         try:
             static.reshape({name: list(shape) for name in INPUT_NAMES})
@@ -167,9 +165,6 @@ class OpenVINOBackend(Backend):
         except RuntimeError as exc:  # a shape the graph refuses, or a graph OpenVINO cannot compile
             raise ModelFileError(f"{self.path}: OpenVINO cannot compile it for input {shape} "
                                  f"({first_line(exc)})") from None
-        self.requests[shape] = request
-        while len(self.requests) > STATIC_SHAPES_KEPT:
-            self.requests.popitem(last=False)
         return request
 
     @classmethod
