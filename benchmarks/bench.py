@@ -92,6 +92,8 @@ def check_memory(chosen: list[tuple[str, str]], sizes: list[tuple[int, int]], ba
     from cminet.runtime.tiling import SizePolicy
 
     for backend, precision in chosen:
+        if BACKENDS[backend].gpu:
+            continue  # a GPU's memory is checked against the device when the backend runs
         policy = SizePolicy(backend, precision)
         for height, width in sizes:
             for n in batches:
@@ -324,7 +326,8 @@ def run_benchmark(backends: list[str] | None = None, sizes: list[tuple[int, int]
         raise ContractError(f"backends: unknown {', '.join(map(str, unknown))} (choose from {', '.join(BACKENDS)})")
     # Sizes that cannot fit are refused before the (slow) probing of backends.
     candidates = [(b, p) for b in backends for p in BACKENDS[b].precisions] if backends else [
-        (b, p) for b, p in memory.COSTS if not b.startswith("torch-") and missing_requirement(b) is None]
+        (b, p) for b, p in memory.COSTS
+        if BACKENDS[b].runtime and not BACKENDS[b].gpu and missing_requirement(b) is None]
     check_memory(candidates, sizes, list(batches))
     chosen = select_backends(list(backends) if backends else None)
     given = given_models(list(models))  # the user's files are checked before anything is printed

@@ -36,7 +36,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         lat, d = r["latency_ms"], r.get("drift") or {}
         metric = d.get("metric_change") or {}
-        click.echo(f"{r['backend']:<11}{r['precision']:<6}{r['height']:>5}×{r['width']:<4}{r['batch']:>3} "
+        name = r["backend"] if r.get("mode") in (None, "eager") else f"{r['backend']}/{r['mode']}"  # graph, compile
+        click.echo(f"{name:<11}{r['precision']:<6}{r['height']:>5}×{r['width']:<4}{r['batch']:>3} "
                    f"{lat['p50']:>8.1f}{lat['p90']:>8.1f}{lat['p99']:>8.1f}{lat['mean']:>8.1f}"
                    f"{r['throughput_ips']:>8.1f}{_fmt(r.get('achieved_gflops'), '.1f', 9)}"
                    f"{_fmt(100 * r['peak_share'] if r.get('peak_share') else None, '.0f', 6)}{r['peak_rss_mb']:>8.0f}"

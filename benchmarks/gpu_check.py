@@ -152,40 +152,69 @@ class Check:
 
     # -- stage A --------------------------------------------------------------------------
     def torch_latency(self) -> dict:
+        """torch-cuda in each mode (eager, CUDA-graph replay, torch.compile), FP32 and FP16:
+        CUDA-event latency with the inputs already on the GPU, peak GPU memory, and the max
+        |Δ| of the shipped samples against the CPU FP32 reference."""
         if util.find_spec("torch") is None:
             raise Skip("torch is not installed")
         import torch
 
         if not torch.cuda.is_available():
             raise Skip(f"torch {torch.__version__} sees no CUDA device")
-        from cminet.fusion import load_pretrained
+        from cminet.fusion import DEFAULT_WEIGHTS
+        from cminet.runtime.compare import load_reference
+        from cminet.runtime.contract import REFERENCE_FILE, shipped_dir
+        from cminet.torch_backend import compile_unavailable
 
         device = torch.device("cuda", self.args.device)
-        done = []
-        for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-            model = load_pretrained(device=str(device)).to(dtype).eval()
-            for side, batch in self.sizes:
-                a = torch.rand(batch, 1, side, side, device=device, dtype=dtype)
-                b = torch.rand(batch, 1, side, side, device=device, dtype=dtype)
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-                events: list[float] = []
+        reference = load_reference(shipped_dir() / REFERENCE_FILE)
+        done, skipped = [], {}
+        modes = {"eager": {"cuda_graphs": False}, "graph": {"cuda_graphs": True}, "compile": {"compile": True}}
+        for precision in ("fp32", "fp16"):
+            for mode, options in modes.items():
+                reason = compile_unavailable(device) if mode == "compile" else None
+                if reason:
+                    skipped[f"{mode} {precision}"] = reason
+                    continue
+                backend = open_backend("torch-cuda", DEFAULT_WEIGHTS, device=self.args.device, precision=precision,
+                                       **options)
+                try:
+                    drift = max(float(np.abs(backend.run(a, b) - want).max()) for _, a, b, want in reference)
+                    for side, batch in self.sizes:
+                        self.torch_row(backend, precision, mode, side, batch, drift, device)
+                        done.append(f"{precision} {mode} {batch}×{side}²")
+                finally:
+                    backend.close()
+                    torch.cuda.empty_cache()
+        return {"configs": done, "skipped_modes": skipped, "device": torch.cuda.get_device_name(device)}
 
-                def call(a=a, b=b, events=events, model=model) -> None:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    with torch.no_grad():
-                        start.record()
-                        model(a, b)
-                        end.record()
-                    end.synchronize()
-                    events.append(start.elapsed_time(end))
+    def torch_row(self, backend: Any, precision: str, mode: str, side: int, batch: int, drift: float,
+                  device: Any) -> None:
+        import torch
 
-                self.time_calls(call)
-                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-                self.row("torch-cuda", precision, side, batch, events[3:], peak, "CUDA events, inputs on the GPU")
-                done.append(f"{precision} {batch}×{side}²")
-            torch.cuda.empty_cache()
-        return {"configs": done, "device": torch.cuda.get_device_name(device)}
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        a = torch.rand(batch, 1, side, side, device=device, dtype=dtype)
+        b = torch.rand(batch, 1, side, side, device=device, dtype=dtype)
+        started = time.perf_counter()
+        backend.forward_tensors(a, b)  # a graph's capture or a compile happens here: the cold start
+        torch.cuda.synchronize(device)
+        cold_s = time.perf_counter() - started
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        events: list[float] = []
+
+        def call() -> None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            backend.forward_tensors(a, b)
+            end.record()
+            end.synchronize()
+            events.append(start.elapsed_time(end))
+
+        self.time_calls(call)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        row = self.row("torch-cuda", precision, side, batch, events[3:], peak, "CUDA events, inputs on the GPU")
+        row.update(mode=mode, peak_gpu_mb=peak, max_abs_vs_cpu_fp32=drift, cold_start_s=cold_s)
 
     def open_cuda(self) -> Any:
         from cminet.runtime.cuda import CudaUnavailable, open_cuda

@@ -87,8 +87,8 @@ def info(size: tuple[int, int], weights: str | None) -> None:
     budget = memory.budget_bytes()
     for backend, precision in memory.COSTS:
         need = memory.network_peak_bytes(1, height, width, backend, precision, shape) or 0
-        verdict = ""
-        if budget is not None:
+        verdict = "GPU memory, checked against the device's free memory when it runs"
+        if budget is not None and not contract.BACKENDS[backend].gpu:
             largest = memory.largest_square(backend, precision, budget, shape)
             verdict = (f"fits whole in the {memory.human(budget)} available here" if need <= budget else
                        f"fused in tiles here (whole images up to {largest}² fit in {memory.human(budget)})")

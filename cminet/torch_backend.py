@@ -123,7 +123,7 @@ class TorchBackend(Backend):
 
     def _setup(self, cuda_graphs: bool = False, compile: bool = False) -> None:
         self.mode = "compile" if compile else "graph" if cuda_graphs else "eager"
-        self._lock = threading.Lock()  # a graph's static buffers serve one call at a time
+        self._lock = threading.RLock()  # a graph's static buffers serve one call at a time
         self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.model
         self.compile_seconds: dict[tuple[int, ...], float] = {}  # first call per shape, where compiled
         if compile:
@@ -157,22 +157,30 @@ class TorchBackend(Backend):
         return None
 
     @torch.no_grad()
+    def forward_tensors(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The network on tensors already on this backend's device and dtype, in its mode
+        (eager, graph replay or compiled); what ``make gpu-check`` times with CUDA events.
+        A graph's output is its static buffer: read it before the next call."""
+        shape = tuple(a.shape)
+        with self._lock, exact_fp32(self.dtype == torch.float32):
+            if self.mode == "graph":
+                return self._graphs.get_or_make(shape)(a, b)
+            if self.mode == "compile" and shape not in self.compile_seconds:
+                started = time.perf_counter()
+                out = self._forward(a, b)
+                self.compile_seconds[shape] = time.perf_counter() - started
+                return out
+            return self._forward(a, b)
+
+    @torch.no_grad()
     def run_impl(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         a = torch.from_numpy(mri).to(self.device, self.dtype)
         b = torch.from_numpy(other).to(self.device, self.dtype)
-        shape = tuple(a.shape)
         try:
-            with self._lock, exact_fp32(self.dtype == torch.float32):
-                if self.mode == "graph":
-                    out = self._graphs.get_or_make(shape)(a, b)
-                elif self.mode == "compile" and shape not in self.compile_seconds:
-                    started = time.perf_counter()
-                    out = self._forward(a, b)
-                    self.compile_seconds[shape] = time.perf_counter() - started
-                else:
-                    out = self._forward(a, b)
-                # .cpu() waits for the GPU. A graph's output is a static buffer the next replay
-                # overwrites: always hand out a copy of it.
+            with self._lock if self.mode == "graph" else contextlib.nullcontext():  # (re-entrant below)
+                out = self.forward_tensors(a, b)
+                # .cpu() waits for the GPU; a graph's output buffer is overwritten by the next
+                # replay, so it is always copied out.
                 result = out.float().cpu().numpy()
                 return result.copy() if self.mode == "graph" and result.base is not None else result
         except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -180,6 +188,11 @@ class TorchBackend(Backend):
                 raise
             raise SizeLimitError(f"out of {self.device.type.upper()} memory for a {a.shape[2]}×{a.shape[3]} "
                                  "image; fuse it in smaller tiles (tile=512, cminet fuse --tile 512)") from None
+
+    def device_free_bytes(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.mem_get_info(self.device)[0])
 
     def gpu_memory_mb(self) -> float | None:
         if self.device.type != "cuda":

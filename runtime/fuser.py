@@ -39,7 +39,7 @@ from .contract import (
 )
 from .errors import CMINetError, ImageError, ModelFileError, SizeLimitError, first_line
 from .imaging import finish_fused, prepare_pair
-from .memory import NetworkShape, check_fits
+from .memory import BUDGET_FRACTION, NetworkShape, check_fits
 from .tiling import SizePolicy, TilePlan, parse_tile, run_tiled
 
 DEFAULT_BATCH_LIMIT = 16  # pairs per run when the model has no profile limit
@@ -181,10 +181,13 @@ class Fuser:
         b = self.backend
         shape = NetworkShape.from_config_json(getattr(b, "config_json", None))
         top = b.profile.max
+        free = b.device_free_bytes()  # a GPU backend: its device's free memory is the budget
+        budget = int(free * BUDGET_FRACTION) if free is not None else None
         # Tiles run one per call unless an engine profile offers batches (its memory is fixed
         # at its maximum shape anyway); on a CPU batching adds memory, not speed.
         return SizePolicy(b.name, b.precision, shape, max_side=min(top[1], top[2]) if top else None,
-                          max_batch=min(top[0], DEFAULT_BATCH_LIMIT) if top else 1)
+                          max_batch=min(top[0], DEFAULT_BATCH_LIMIT) if top else 1, budget=budget,
+                          where="on the GPU" if free is not None else "here")
 
     def _network(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         """Float H×W pair → float32 H×W, whole or in tiles (``self.last_plan``)."""

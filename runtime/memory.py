@@ -94,6 +94,17 @@ COSTS = {
     # 1024² (ORT: 49 / 225 / 1881): it never holds the whole attention matrix, so that term is
     # small; 1.0 keeps the estimate above every measurement.
     ("ov-cpu", "fp32"): MemoryCost(per_pixel=700, per_attention_element=1.0),
+    # GPU memory, against the device's free memory. Measured on an H200 (torch 2.11 + CUDA 13,
+    # shipped weights, 1×1024²): PyTorch with fused attention peaks at 512 MB in FP16 and 966 MB
+    # in FP32 (no score matrix); the explicit form, which ONNX Runtime's CUDA and TensorRT
+    # providers also run, at 1060 / 2098 MB: the score matrix's 201 M elements cost 2.9 / 5.9
+    # bytes each. TensorRT engines allocate their activations at load for the profile's
+    # largest shape (checked then), so a call needs nothing more.
+    ("torch-cuda", "fp16"): MemoryCost(per_pixel=512, per_attention_element=0.0),
+    ("torch-cuda", "fp32"): MemoryCost(per_pixel=966, per_attention_element=0.0),
+    ("ort-cuda", "fp16"): MemoryCost(per_pixel=512, per_attention_element=2.9),
+    ("ort-cuda", "fp32"): MemoryCost(per_pixel=966, per_attention_element=5.9),
+    ("ort-trt", "fp16"): MemoryCost(per_pixel=512, per_attention_element=2.9),
 }
 
 

@@ -120,10 +120,12 @@ class SizePolicy:
     backend (the CPU backends), against the budget available when the policy is made."""
 
     def __init__(self, backend: str, precision: str, shape: NetworkShape | None = None,
-                 max_side: int | None = None, max_batch: int = 1):
+                 max_side: int | None = None, max_batch: int = 1, budget: int | None = None, where: str = "here"):
         self.backend, self.precision, self.shape = backend, precision, shape or NetworkShape()
         self.max_side, self.max_batch = max_side, max_batch
-        self.budget = memory.budget_bytes()
+        # The host's memory, or for a GPU backend the device's free memory (``where`` says which).
+        self.budget = memory.budget_bytes() if budget is None else budget
+        self.where = where
 
     def need(self, n: int, height: int, width: int) -> int | None:
         return memory.network_peak_bytes(n, height, width, self.backend, self.precision, self.shape)
@@ -147,10 +149,10 @@ class SizePolicy:
             return f"larger than the model's profile allows ({self.max_side} px per side)"
         batch = f" at batch {n}" if n > 1 else ""
         largest = self.largest_square(n)
-        fits = (f"the largest square it fuses whole here{batch} is {largest}²" if largest else
+        fits = (f"the largest square it fuses whole {self.where}{batch} is {largest}²" if largest else
                 f"no image fits{batch}")
         return (f"{self.backend} {self.precision} needs about {memory.human(self.need(n, height, width) or 0)}, "
-                f"{memory.human(self.budget or 0)} is available ({fits})")
+                f"{memory.human(self.budget or 0)} is available {self.where} ({fits})")
 
     def plan(self, height: int, width: int, tile="auto") -> TilePlan | None:
         """None: fuse whole; else the tiles. :class:`SizeLimitError` when neither fits."""

@@ -445,3 +445,36 @@ def test_bench_measures_the_engine_with_only_tensorrt_and_cuda_bindings(tmp_path
     assert (row["backend"], row["precision"]) == ("tensorrt", "fp16") and row["model"].endswith(".engine")
     assert row["latency_ms"]["p50"] > 0 and row["gpu_mem_mb"] is not None
     assert 0 < row["drift"]["max_abs"] <= TOLERANCES["fp16"].max_abs and row["drift"]["count"] == 3
+
+
+# -- the GPU memory model -----------------------------------------------------------------------
+ORIN_NANO_1GB = "tensorrt=10.3;cuda=cuda-python-12.6;driver=12.6;gpu=Jetson Orin Nano@8.7@1024"
+
+
+def test_gpu_backends_tile_against_the_devices_free_memory(fp16_onnx, tmp_path):
+    """A GPU backend's budget is its device's free memory read through the CUDA bindings (a
+    small fake GPU here), not the host's: sizes a CPU would fuse whole are tiled or refused in
+    one line before anything is allocated."""
+    from cminet.runtime import Fuser
+    from cminet.runtime.cuda import open_cuda
+    from cminet.runtime.errors import SizeLimitError
+    from cminet.runtime.tiling import SizePolicy
+
+    with installed(ORIN_NANO_1GB) as gpu:
+        with open_cuda(0) as cuda:
+            free = cuda.mem_info()[0]
+        engine = build(fp16_onnx, tmp_path, max_shape=(1, 64, 64), opt_shape=(1, 32, 32))
+        with Fuser(engine) as fuser:
+            policy = fuser.size_policy()
+            assert policy.where == "on the GPU" and 0 < policy.budget <= 0.75 * 1024 * 2**20
+        assert_all_released(gpu)
+    budget = int(0.75 * free)
+    fused = SizePolicy("torch-cuda", "fp16", budget=budget, where="on the GPU")
+    explicit = SizePolicy("ort-cuda", "fp16", budget=budget, where="on the GPU")
+    host = SizePolicy("torch-cuda", "fp16", budget=64 * 2**30)
+    assert fused.plan(512, 512) is None and host.plan(2048, 2048) is None  # fits whole on a big machine
+    plan = fused.plan(2048, 2048)  # about 2 GB of activations: tiles on the 1 GB GPU
+    assert plan is not None and plan.count > 1
+    with pytest.raises(SizeLimitError, match="available on the GPU"):
+        fused.plan(2048, 2048, tile="off")
+    assert explicit.largest_square() < fused.largest_square()  # the score matrix costs GPU memory too

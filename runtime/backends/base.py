@@ -81,6 +81,11 @@ class Backend:
         """Versions, providers, devices: what a bug report needs."""
         return {}
 
+    def device_free_bytes(self) -> int | None:
+        """Free memory on this backend's GPU now (None on the CPU, or where it cannot be read):
+        the budget :class:`~cminet.runtime.tiling.SizePolicy` tiles against."""
+        return None
+
     def gpu_memory_mb(self) -> float | None:
         """GPU memory this backend holds for its model and buffers (None on the CPU). Each
         backend reports the same quantity: memory allocated on the device by this process

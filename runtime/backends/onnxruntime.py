@@ -194,6 +194,19 @@ class OnnxRuntimeBackend(Backend):
             out = binding.copy_outputs_to_cpu()[0]
         return out
 
+    def device_free_bytes(self) -> int | None:
+        """The GPU's free memory through the runtime's CUDA bindings, where installed (ONNX
+        Runtime itself does not say); None on the CPU or without bindings."""
+        if not backend_spec(self.name).gpu:
+            return None
+        from ..cuda import open_cuda
+
+        try:
+            with open_cuda(self.device) as cuda, cuda.activate():
+                return int(cuda.mem_info()[0])
+        except Exception:  # noqa: BLE001 - no bindings or no driver: the host budget applies
+            return None
+
     def info(self) -> dict:
         session_options = self.session.get_session_options()
         return {"providers": self.providers, "fallback": self.fallback, "onnxruntime": ort.__version__,

@@ -232,6 +232,12 @@ class TensorRTBackend(Backend):
             return host[OUTPUT_NAME].astype(np.float32)  # a copy: the pinned buffer is reused
 
     # -- reporting ----------------------------------------------------------------------
+    def device_free_bytes(self) -> int | None:
+        if self.cuda is None:
+            return None
+        with self.cuda.activate():
+            return int(self.cuda.mem_info()[0])
+
     def io_buffer_bytes(self) -> int:
         return sum(self._capacity * a.dtype.itemsize for a in self._host.values())
 
