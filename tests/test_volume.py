@@ -950,3 +950,17 @@ def test_a_header_declaring_more_voxels_than_memory_is_refused_before_decompress
     with pytest.raises(CMINetError, match="2048×2048×2048 voxels: needs about"):
         load_volume(tmp_path / "bomb.nii.gz")
     assert time.perf_counter() - started < 5  # refused from the header, not after inflating 16 GiB
+
+
+@pytest.mark.torch_free
+def test_a_second_run_onto_the_same_outputs_never_mixes_two_sets(tmp_path, model_path):
+    mri, pet = small_study(tmp_path)
+    args = ["fuse-volume", mri, pet, "-o", tmp_path / "f.nii.gz", "--model", model_path, "--dicom-out",
+            tmp_path / "dicom", "--png-dir", tmp_path / "png"]
+    assert run_cli(*args).exit_code == 0
+    first = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "mri" not in p.parts
+             and "pet" not in p.parts}
+    result = run_cli(*args, "--window=0,1000")  # another run, other windows, the same outputs
+    assert result.exit_code == 1 and "not an empty folder" in one_line_error(result)
+    assert {p: p.stat().st_mtime_ns for p in first} == first  # the first set, untouched and whole
+    assert outputs_of(tmp_path) == ["dicom", "f.nii.gz", "png"]
