@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -100,8 +103,15 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     # SIGTERM (docker stop, systemd, kill) shuts down as cleanly as Ctrl-C; SIGINT is set
     # too because a shell starts background jobs with it ignored.
     previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _STOP_ASKED.clear()
+    # PyTriton's sockets and files live in a workspace of ours: short enough for a Unix socket
+    # path wherever the cache or TMPDIR is, private (mode 0700, and umask 077 for what PyTriton
+    # and tritonserver create in it and in /dev/shm, where request tensors pass), and removed
+    # however the server ends.
+    private = Path(tempfile.mkdtemp(prefix="cminet-serve-", dir=_short_temp_dir()))
+    umask = os.umask(0o077)
     try:
-        with Triton(config=config) as triton:
+        with Triton(config=config, workspace=private / "w") as triton:  # PyTriton makes the folder itself
             try:
                 triton.bind(model_name=MODEL_NAME, infer_func=infer, inputs=tensors,
                             outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=TRITON_IO_DIMS)],
@@ -116,14 +126,29 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
                 + (f", metrics :{metrics_port}" if metrics_port else "")
                 + f"; dynamic batching up to {max_batch_size}; Ctrl-C stops")
             triton.serve()
+        if not _STOP_ASKED.is_set():  # serve() also returns when tritonserver itself dies
+            raise ServerError("tritonserver stopped unexpectedly (its log is above); the server is down")
     finally:
+        os.umask(umask)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         fuser.close()
+        shutil.rmtree(private, ignore_errors=True)
     log("server stopped")
 
 
+_STOP_ASKED = threading.Event()  # SIGINT / SIGTERM arrived: serve() returning is the stop asked for
+UNIX_SOCKET_ROOM = 60  # characters a workspace path may take: sockets inside add ~40 of the 107 allowed
+
+
+def _short_temp_dir() -> str:
+    """The temporary folder, or /tmp where its path would not leave room for socket names."""
+    folder = tempfile.gettempdir()
+    return folder if len(folder) <= UNIX_SOCKET_ROOM else "/tmp"
+
+
 def _raise_keyboard_interrupt(signum, frame):
+    _STOP_ASKED.set()
     raise KeyboardInterrupt
 
 

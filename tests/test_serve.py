@@ -185,3 +185,52 @@ def test_server_urls():
     assert split_url("https://triton.example") == ("triton.example:443", True, "cminet")
     with pytest.raises(ServerError, match="expected http://HOST:PORT"):
         split_url("ftp://host")
+
+
+def _serve_alone(tmp_path, env=None) -> tuple[subprocess.Popen, int, Path]:
+    """A `cminet serve` of its own (the module's server keeps serving the other tests)."""
+    if not SERVE_PYTHON.is_file():
+        pytest.skip(f"no serving environment at {SERVE_PYTHON}")
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([str(SERVE_PYTHON), "-m", "cminet", "serve", "--port", str(port), "--backend",
+                                    "ort-cpu"], stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env, cwd=tmp_path)
+    from cminet.serve import wait_until_ready
+
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", timeout=180, process=process)
+    except Exception:
+        stop_server(process)
+        pytest.fail(log.read_text()[-3000:])
+    return process, port, log
+
+
+@pytest.mark.slow
+def test_a_dead_tritonserver_ends_cminet_serve_with_an_error_and_no_leftovers(tmp_path):
+    import signal
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("cminet-serve-*"))
+    process, port, log = _serve_alone(tmp_path)
+    found = subprocess.run(["pgrep", "-g", str(process.pid), "-x", "tritonserver"], capture_output=True, text=True)
+    assert found.stdout.split(), "no tritonserver in the server's process group"
+    os.kill(int(found.stdout.split()[0]), signal.SIGKILL)  # as an OOM killer or a crash would
+    assert process.wait(timeout=120) == 1
+    text = log.read_text()
+    assert text.splitlines()[-1].startswith("error: tritonserver stopped unexpectedly")
+    assert set(Path(tempfile.gettempdir()).glob("cminet-serve-*")) == before  # its workspace is gone
+
+
+@pytest.mark.slow
+def test_a_long_temporary_folder_does_not_break_the_servers_sockets(tmp_path):
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    deep.mkdir(parents=True)
+    process, port, log = _serve_alone(tmp_path, env={**os.environ, "TMPDIR": str(deep), "PYTRITON_HOME": str(deep),
+                                                     "XDG_CACHE_HOME": str(deep)})
+    try:
+        with Fuser(f"http://127.0.0.1:{port}") as remote:
+            a = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32)
+            assert remote.infer(a, a).shape == a.shape
+    finally:
+        assert stop_server(process) == 0, log.read_text()[-2000:]
