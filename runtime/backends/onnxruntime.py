@@ -28,6 +28,11 @@ from ..contract import (
 from ..errors import ModelFileError
 from .base import Backend, BackendUnavailable, profile_from_dims
 
+# ONNX Runtime's own log (coloured warning lines on stderr, e.g. while it rejects a graph) would
+# print before cminet's one-line error: errors only, which the error then says in its words.
+ort.set_default_logger_severity(3)
+
+
 OPT_LEVELS = dict(zip(ORT_OPTIMIZATION_LEVELS, (
     ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True))
