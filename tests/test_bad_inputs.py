@@ -596,3 +596,23 @@ def test_a_fifo_or_junk_at_the_backend_cache_is_measured_over_not_waited_on(tmp_
     os.unlink(choice.cache_path())
     choice.cache_path().write_text("[" * 100_000)  # junk: measured over, then replaced
     assert choice.cpu_backend(shipped_onnx("fp32"), 1, measure=measure) == "ort-cpu" and len(measured) == 2
+
+
+@pytest.mark.torch_free
+def test_openvino_says_its_reason_not_where_it_threw(tmp_path, capfd):
+    from cminet.runtime import Fuser
+    from cminet.runtime.backends.base import missing_requirement
+    from cminet.runtime.errors import ModelFileError
+
+    if missing_requirement("ov-cpu"):
+        pytest.skip("pip install 'cminet[openvino]'")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(shipped_onnx("fp32").read_bytes()[:3000])
+    with pytest.raises(ModelFileError) as caught:
+        Fuser(truncated, backend="ov-cpu")
+    assert "can't be parsed" in str(caught.value) and "Exception from src" not in str(caught.value)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(ModelFileError):
+        Fuser(garbage, backend="ov-cpu")
+    assert capfd.readouterr().err == ""  # no frontend's parse errors on the terminal

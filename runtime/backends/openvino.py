@@ -43,6 +43,7 @@ from ..contract import (
     backend_spec,
 )
 from ..errors import ModelFileError, first_line
+from ..imaging import native_messages
 from .base import Backend, BackendUnavailable, ShapeCache, profile_from_dims
 
 DEVICE = "CPU"
@@ -119,6 +120,14 @@ def split_concat_convolutions(model: ov.Model, min_channels: int = SPLIT_MIN_CHA
     return rewritten
 
 
+def openvino_reason(exc: BaseException) -> str:
+    """OpenVINO's reason in one line. Its messages start with where in its C++ the error was
+    thrown ("Exception from src/inference/src/cpp/core.cpp:84:"); the reason follows."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (" ".join(reasons) if reasons else first_line(exc))[:200]
+
+
 class OpenVINOBackend(Backend):
     def __init__(self, path: Path, name: str = "ov-cpu", threads: int | None = None,
                  plugin_config: dict | None = None):
@@ -131,9 +140,10 @@ class OpenVINOBackend(Backend):
             raise ContractError(f"threads: expected a whole number ≥ 1, got {threads!r}")
         core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            with native_messages():  # its TensorFlow frontend prints parse errors of foreign files to stderr
+                model = core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError / its own types for unreadable files
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({openvino_reason(exc)})") from None
         check_io_contract(model, path)
         self.path = path
         self.threads = threads or os.cpu_count() or 1
@@ -164,7 +174,7 @@ class OpenVINOBackend(Backend):
             request = self.core.compile_model(static, DEVICE, self.config).create_infer_request()
         except RuntimeError as exc:  # a shape the graph refuses, or a graph OpenVINO cannot compile
             raise ModelFileError(f"{self.path}: OpenVINO cannot compile it for input {shape} "
-                                 f"({first_line(exc)})") from None
+                                 f"({openvino_reason(exc)})") from None
         return request
 
     @classmethod
