@@ -610,7 +610,8 @@ def test_openvino_says_its_reason_not_where_it_threw(tmp_path, capfd):
     truncated.write_bytes(shipped_onnx("fp32").read_bytes()[:3000])
     with pytest.raises(ModelFileError) as caught:
         Fuser(truncated, backend="ov-cpu")
-    assert "can't be parsed" in str(caught.value) and "Exception from src" not in str(caught.value)
+    reason = str(caught.value).split("not a loadable ONNX model (", 1)[1]
+    assert len(reason) > 10 and "Exception from src" not in reason  # the words differ between OpenVINO releases
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"garbage")
     with pytest.raises(ModelFileError):
