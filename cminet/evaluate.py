@@ -32,6 +32,8 @@ from cminet.runtime.imaging import prepare_pair, read_image, rgb_to_ycbcr, write
 from cminet.runtime.modality import from_pair_type
 
 RANKED = ("MI", "VIF", "Qabf", "SF")  # the paper's four, higher is better
+COLOUR_RANKED = "ColourDE"  # functional colour ΔE, lower is better: the fifth for PET/SPECT
+RANKED_WITH_COLOUR = (*RANKED, COLOUR_RANKED)
 REPORTED = (*METRICS, *COLOUR_METRICS)
 
 
@@ -137,6 +139,15 @@ def rank(summary: dict) -> dict:
         best = min(ranks, key=lambda m: ranks[m]["mean_rank"])
         tied = [m for m in ranks if ranks[m]["mean_rank"] == ranks[best]["mean_rank"]]
         out[pair] = {"ranks": ranks, "best": best if len(tied) == 1 else None, "tied": tied}
+        # PET/SPECT: the four plus functional colour ΔE (lower is better), where every method has it.
+        if all(np.isfinite(methods[m].get(COLOUR_RANKED, {}).get("mean", np.nan)) for m in methods):
+            order = sorted(methods, key=lambda m: methods[m][COLOUR_RANKED]["mean"])
+            for position, method in enumerate(order, start=1):
+                ranks[method][COLOUR_RANKED] = position
+                ranks[method]["mean_rank5"] = float(np.mean([ranks[method][k] for k in RANKED_WITH_COLOUR]))
+            best5 = min(ranks, key=lambda m: ranks[m]["mean_rank5"])
+            tied5 = [m for m in ranks if ranks[m]["mean_rank5"] == ranks[best5]["mean_rank5"]]
+            out[pair].update(best5=best5 if len(tied5) == 1 else None, tied5=tied5)
     return out
 
 
@@ -152,12 +163,21 @@ def markdown(summary: dict, ranks: dict) -> str:
         for method, stats in methods.items():
             cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in shown]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines += ["", f"Ranks on {', '.join(RANKED)} (1 = best):", "",
-                  "| method | " + " | ".join(RANKED) + " | mean rank |", "|---" * (len(RANKED) + 2) + "|"]
+        five = "best5" in ranks[pair]
+        ranked = RANKED_WITH_COLOUR if five else RANKED
+        lines += ["", f"Ranks on {', '.join(ranked)} (1 = best):", "",
+                  "| method | " + " | ".join(ranked) + " | mean rank (4) |" + (" mean rank (5) |" if five else ""),
+                  "|---" * (len(ranked) + 2 + five) + "|"]
         for method, r in sorted(ranks[pair]["ranks"].items(), key=lambda kv: kv[1]["mean_rank"]):
-            lines.append(f"| {method} | " + " | ".join(str(r[k]) for k in RANKED) + f" | {r['mean_rank']:.2f} |")
+            lines.append(f"| {method} | " + " | ".join(str(r[k]) for k in ranked) + f" | {r['mean_rank']:.2f} |"
+                         + (f" {r['mean_rank5']:.2f} |" if five else ""))
         best = ranks[pair]["best"]
-        lines += ["", f"Best mean rank: **{best}**" if best else f"Tied: {', '.join(ranks[pair]['tied'])}", ""]
+        lines += ["", f"Best mean rank: **{best}**" if best else f"Tied: {', '.join(ranks[pair]['tied'])}"]
+        if five:
+            best5 = ranks[pair]["best5"]
+            lines.append(f"Best mean rank over five: **{best5}**" if best5 else
+                         f"Tied over five: {', '.join(ranks[pair]['tied5'])}")
+        lines.append("")
     return "\n".join(lines)
 
 

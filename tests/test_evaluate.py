@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from cminet.cli import main
-from cminet.evaluate import rank
+from cminet.evaluate import markdown, rank
 
 from .helpers import tiny_checkpoint, write_dataset
 
@@ -40,7 +40,23 @@ def test_rank_orders_by_mean_rank():
     ranks = rank({"ct": {"a": stats(3, 1, 1, 1), "b": stats(2, 2, 2, 2), "c": stats(1, 3, 3, 3)}})["ct"]
     # Higher is better: c wins VIF, Qabf and SF (rank 1) and is last on MI (rank 3).
     assert [ranks["ranks"][m]["mean_rank"] for m in "abc"] == [2.5, 2.0, 1.5]
-    assert ranks["best"] == "c"
+    assert ranks["best"] == "c" and "best5" not in ranks  # grey pairs: no colour to rank
+
+
+@pytest.mark.torch_free
+def test_functional_pairs_also_rank_over_five_with_colour_lower_better():
+    def stats(mi, vif, qabf, sf, colour):
+        names = ("MI", "VIF", "Qabf", "SF", "ColourDE")
+        return {k: {"mean": v, "std": 0.0, "n": 3} for k, v in zip(names, (mi, vif, qabf, sf, colour), strict=True)}
+
+    ranks = rank({"pet": {"a": stats(3, 1, 1, 1, 5.0), "b": stats(2, 2, 2, 2, 9.0), "c": stats(1, 3, 3, 3, 20.0)}})
+    pet = ranks["pet"]
+    assert [pet["ranks"][m]["ColourDE"] for m in "abc"] == [1, 2, 3]  # the smallest ΔE ranks first
+    assert [pet["ranks"][m]["mean_rank5"] for m in "abc"] == [2.2, 2.0, 1.8]
+    assert pet["best"] == "c" and pet["best5"] == "c"
+    assert "mean rank (5)" in markdown({"pet": {m: {**s, "EN": {"mean": 1, "std": 0, "n": 3}} for m, s in
+                                                 {"a": stats(3, 1, 1, 1, 5.0)}.items()}},
+                                       rank({"pet": {"a": stats(3, 1, 1, 1, 5.0)}}))
 
 
 @pytest.mark.torch_free
