@@ -12,6 +12,7 @@ import click
 
 from cminet import __version__
 from cminet.runtime import contract
+from cminet.runtime.colour import COLOUR_MODES
 from cminet.runtime.command_line import (
     CONTEXT,
     NON_NEGATIVE,
@@ -24,6 +25,10 @@ from cminet.runtime.command_line import (
 )
 from cminet.runtime.errors import CMINetError
 from cminet.runtime.modality import MODALITIES
+
+COLOUR_HELP = ("PET/SPECT colour: balanced (the colour hold: the network's detail inside the functional colours) "
+               "or strict (the functional colour scale kept first, at some cost in the fusion metrics); CT is the "
+               "same in both.")
 
 
 @click.group(cls=BoundaryGroup, context_settings=CONTEXT)
@@ -235,8 +240,10 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
                                "backend.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (ONNX Runtime, OpenVINO, PyTorch).")
 @click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
+@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
+              help=COLOUR_HELP)
 def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weights, server, server_model, backend,
-         precision, device, threads, tile) -> None:
+         precision, device, threads, tile, colour) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -287,7 +294,7 @@ def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weigh
             raise CMINetError(f"{data}: the {split} split lists no pairs")
 
     fuser = open_fuser(model_file or weights or (server and server_url(server, server_model)), backend,
-                       precision, device, threads, torch_weights=weights is not None)
+                       precision, device, threads, torch_weights=weights is not None, colour=colour)
     tiled = _Tiling(fuser, tile)
     if single:
         fuse_files(tiled, mri, other, output)
@@ -364,10 +371,12 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
+@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
+              help="Colour mode of the cminet method: " + COLOUR_HELP)
 @click.option("--shifted", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also score N transformed copies of each PET/SPECT pair (another palette, MRI contrast, "
                    "functional scale and resolution): subject and scanner change the data does not contain.")
-def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -> None:
+def evaluate(data, split, pairs, weights, methods, fused, out, limit, colour, shifted) -> None:
     """Score CMINet against baselines (and other methods) with EN, SD, SF, AG, MI, SCD,
     VIF, Qabf and SSIM, per pair type, and rank them on MI, VIF, Qabf and SF.
 
@@ -402,7 +411,7 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
             from cminet.fusion import DEFAULT_WEIGHTS
             from cminet.runtime import Fuser
 
-            contenders[name] = Fuser(weights or DEFAULT_WEIGHTS)
+            contenders[name] = Fuser(weights or DEFAULT_WEIGHTS, colour=colour)
         elif name in BASELINES:
             contenders[name] = BaselineFuser(name)
         else:
@@ -418,7 +427,7 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
     ranks = rank(summary)
     out = Path(out)
     write_outputs(out, rows, summary, ranks, {"data": str(data), "split": split, "weights": weights or "shipped",
-                                              "shifted_copies": shifted})
+                                              "colour": colour, "shifted_copies": shifted})
     sheet = comparison_sheet(images, ["MRI", "other", *contenders], out / "comparison.png")
     click.echo(markdown(summary, ranks))
     click.echo(f"wrote {out}/metrics.csv, summary.json, summary.md" + (f", {sheet.name}" if sheet else ""))
@@ -459,11 +468,13 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, shifted) -
 @click.option("--allow-different-patients", is_flag=True,
               help="Fuse DICOM inputs whose PatientID / PatientName / PatientBirthDate differ (refused otherwise); "
                    "the output's series description says DIFFERENT PATIENTS.")
+@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
+              help=COLOUR_HELP)
 @click.option("--assume-registered", is_flag=True,
               help="Fuse DICOM inputs in different frames of reference as if registered (refused otherwise); "
                    "the output's series description says ASSUMED REGISTERED.")
 def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_dir, model_file, backend,
-                precision, batch_size, threads, allow_different_patients, assume_registered) -> None:
+                precision, batch_size, threads, colour, allow_different_patients, assume_registered) -> None:
     """Fuse an MRI volume with a CT, PET or SPECT volume (NIfTI files or DICOM series folders).
 
     No registration is done: the two volumes must already be co-registered. OTHER is
@@ -500,7 +511,7 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
         fused = volumes.fuse_volume(mri_volume, other_volume, model=model_file, modality=modality, window=window,
                                     colormap=colormap, batch_size=batch_size, backend=backend, precision=precision,
                                     threads=threads, progress=True, allow_different_patients=allow_different_patients,
-                                    assume_registered=assume_registered)
+                                    assume_registered=assume_registered, colour=colour)
         info = fused.info
         units = f" {other_volume.units}" if other_volume.units else ""
         palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
@@ -536,7 +547,7 @@ def server_url(server: str, model: str) -> str:
 
 
 def open_fuser(source, backend: str, precision: str | None, device: str | None, threads: int | None,
-               torch_weights: bool = False):
+               torch_weights: bool = False, colour: str = "balanced"):
     """The one :class:`~cminet.runtime.Fuser` every command fuses through. ``device`` (auto,
     cpu, cuda, cuda:N) steers ``backend`` auto: a checkpoint runs on torch-cpu or torch-cuda,
     an ONNX on a CPU or a CUDA backend; cuda:N is the GPU index. A device this machine does
@@ -572,7 +583,7 @@ def open_fuser(source, backend: str, precision: str | None, device: str | None, 
         from cminet.runtime.backends.onnxruntime import best_onnx_backend
 
         backend = contract.AUTO if best_onnx_backend() == "ort-cpu" else "ort-cpu"
-    return Fuser(source or None, backend=backend, precision=precision, device=index, threads=threads)
+    return Fuser(source or None, backend=backend, precision=precision, device=index, threads=threads, colour=colour)
 
 
 class _Tiling:

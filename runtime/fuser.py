@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends.base import Backend, BackendUnavailable, open_backend
+from .colour import check_colour_mode
 from .contract import (
     AUTO,
     AUTO_BACKEND,
@@ -94,6 +95,8 @@ class Fuser:
             optimisation level (disable, basic, extended, all). options: what one backend
             takes beyond these, e.g. ``{"cuda_graphs": False}`` or ``{"compile": True}`` for the
             torch backends (:func:`~cminet.runtime.backends.base.backend_options` lists them).
+        colour: ``balanced`` (the colour hold) or ``strict`` (the functional colour scale kept
+            first: :func:`~cminet.runtime.colour.keep_colour_scale`); CT is the same in both.
 
     An option the chosen backend cannot honour is refused, never ignored. Bad arguments
     raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``) naming the
@@ -102,8 +105,9 @@ class Fuser:
 
     def __init__(self, source: str | os.PathLike | Backend | None = None, backend: str = AUTO,
                  precision: str | None = None, device: int | None = None, threads: int | None = None,
-                 optimization: str | None = None, options: dict | None = None):
+                 optimization: str | None = None, options: dict | None = None, colour: str = "balanced"):
         self._backend: Backend | None = None
+        self.colour = check_colour_mode(colour)
         self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
         if isinstance(source, Backend):
             self.path: Path | str = f"<{source.name} backend>"
@@ -220,7 +224,7 @@ class Fuser:
         an image that does not fit; a number forces tiles of that side (≥ 64)."""
         tile = parse_tile(tile)
         pair = prepare_pair(mri, other)
-        return finish_fused(self._network(pair.mri, pair.other, tile), pair)
+        return finish_fused(self._network(pair.mri, pair.other, tile), pair, self.colour)
 
     def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], tile: int | str | None = "auto"
                    ) -> list[np.ndarray]:
@@ -239,7 +243,8 @@ class Fuser:
         for (height, width), indices in by_size.items():
             if policy.plan(height, width, tile) is not None:  # too large for one call: tiles, pair by pair
                 for i in indices:
-                    results[i] = finish_fused(self._network(prepared[i].mri, prepared[i].other, tile), prepared[i])
+                    results[i] = finish_fused(self._network(prepared[i].mri, prepared[i].other, tile), prepared[i],
+                                              self.colour)
                 continue
             limit = policy.max_batch if self.backend.profile.max else DEFAULT_BATCH_LIMIT
             while limit > 1 and not policy.fits(limit, height, width):
@@ -250,7 +255,7 @@ class Fuser:
                 b = np.stack([prepared[i].other for i in chunk])[:, None]
                 out = self.infer(a, b)
                 for k, i in enumerate(chunk):
-                    results[i] = finish_fused(out[k, 0], prepared[i])
+                    results[i] = finish_fused(out[k, 0], prepared[i], self.colour)
         return results  # type: ignore[return-value]
 
     @property

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .colour import colour_weight, hold_functional_base, hold_weight
+from .colour import check_colour_mode, colour_weight, hold_functional_base, hold_weight, keep_colour_scale
 from .contract import MIN_SIDE
 from .errors import ImageError, OutputError
 from .files import check_output, write_bytes_atomic
@@ -259,12 +259,17 @@ def prepare_pair(mri: np.ndarray, other: np.ndarray) -> PreparedPair:
     return PreparedPair(mri_f, other.reshape(other.shape[:2]).astype(np.float32) * scale, None)
 
 
-def finish_fused(fused: np.ndarray, pair: PreparedPair) -> np.ndarray:
+def finish_fused(fused: np.ndarray, pair: PreparedPair, colour: str = "balanced") -> np.ndarray:
     """The network's output for ``pair`` (H×W, or N×H×W for stacked slices) → uint8 grey or
-    RGB: the colour hold, then :func:`finish_output`. Every cminet path (torch, ONNX Runtime,
-    OpenVINO, TensorRT, Triton, volumes) ends here; classical rules call finish_output
-    (which also refuses NaN / Inf: the hold's low-pass carries any along)."""
-    return finish_output(hold_functional_base(fused, pair.other, pair.hold), pair.chroma)
+    RGB: the colour hold (and with ``colour="strict"`` the colour scale kept first:
+    :func:`~cminet.runtime.colour.keep_colour_scale`), then :func:`finish_output`. Every
+    cminet path (torch, ONNX Runtime, OpenVINO, TensorRT, Triton, volumes) ends here;
+    classical rules call finish_output (which also refuses NaN / Inf: the hold's low-pass
+    carries any along). CT and other grey pairs are the same in both modes."""
+    held = hold_functional_base(fused, pair.other, pair.hold)
+    if check_colour_mode(colour) == "strict" and pair.colour is not None:
+        held = keep_colour_scale(held, pair.other, pair.colour)
+    return finish_output(held, pair.chroma)
 
 
 def finish_output(fused: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:

@@ -227,15 +227,17 @@ class SlicePair:
                 "colormap": self.colormap}
 
 
-def _open_fuser(model, backend: str, precision: str | None, threads: int | None) -> tuple[Fuser, bool]:
+def _open_fuser(model, backend: str, precision: str | None, threads: int | None,
+                colour: str | None = None) -> tuple[Fuser, bool]:
     """(fuser, whether we opened it and so must close it)."""
     if isinstance(model, Fuser):
         given = [name for name, value in (("backend", backend != AUTO), ("precision", precision is not None),
-                                          ("threads", threads is not None)) if value]
+                                          ("threads", threads is not None), ("colour", colour is not None)) if value]
         if given:
             raise CMINetError(f"{', '.join(given)}: an open Fuser was given as the model; set these when opening it")
         return model, False
-    return Fuser(model, backend=backend, precision=precision, threads=threads), True  # None: the shipped ONNX
+    fuser = Fuser(model, backend=backend, precision=precision, threads=threads, colour=colour or "balanced")
+    return fuser, True  # model None: the shipped ONNX
 
 
 # The identity two DICOM inputs must share, and what it takes to fuse them when they do not.
@@ -278,7 +280,8 @@ def check_same_patient(mri: Volume, other: Volume, allow_different_patients: boo
 def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=None,
                 colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
                 precision: str | None = None, threads: int | None = None, progress: bool = False,
-                allow_different_patients: bool = False, assume_registered: bool = False) -> Volume:
+                allow_different_patients: bool = False, assume_registered: bool = False,
+                colour: str | None = None) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
     uint8 X×Y×Z×3 RGB for PET and SPECT.
@@ -325,7 +328,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
         warnings.warn(f"the {row.name} window {low:.4g}..{high:.4g} puts {pair.saturated:.0%} of OTHER's head at "
                       "the top of the scale, hiding the MRI there (--window=LOW,HIGH to widen it)", UserWarning,
                       stacklevel=2)
-    fuser, owned = _open_fuser(model, backend, precision, threads)
+    fuser, owned = _open_fuser(model, backend, precision, threads, colour)
     started = time.perf_counter()
     try:
         batch_size = batch_size or _default_batch_size(fuser)
@@ -363,7 +366,7 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
             started = time.perf_counter()
             fused = fuser.fuse_slices(inputs.mri, inputs.other)  # tiles a slice too large to fuse whole
             network += time.perf_counter() - started
-            out[z0:z1] = finish_fused(fused, inputs)
+            out[z0:z1] = finish_fused(fused, inputs, fuser.colour)
             bar.update(z1 - z0)
     return out, network
 

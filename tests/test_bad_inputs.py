@@ -137,7 +137,7 @@ CLI_CASES = [
     Case("evaluate-fused-folder", "cminet", "evaluate --data {a}/data --methods max --fused x={a}/nowhere "
          "--out {t}/e", 1, "no such folder"),
     Case("unknown-command", "cminet", "fuze", 2, "no such command"),
-    Case("unknown-option", "cminet", FUSE + " -o {t}/o.png --colour red", 2, "no such option"),
+    Case("unknown-option", "cminet", FUSE + " -o {t}/o.png --colourmap red", 2, "no such option"),
     # -- cminet-export --------------------------------------------------------------------
     Case("export-nan-weights", "cminet-export", "--weights {a}/nan.safetensors --out {t}/exp", 1, "nan or inf"),
     Case("export-garbage-weights", "cminet-export", "--weights {a}/garbage.safetensors --out {t}/exp", 1,

@@ -29,14 +29,13 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cminet.baselines import BASELINES
 from cminet.data import validation_split
 from cminet.evaluate import luma, pair_variants, rank, summarise
 from cminet.metrics import colour_fidelity, evaluate
-from cminet.runtime.colour import gaussian_kernel, hold_functional_base
+from cminet.runtime.colour import coloured_mean, hold_functional_base
 from cminet.runtime.fuser import Fuser
 from cminet.runtime.imaging import finish_output, prepare_pair, read_image
 
@@ -75,14 +74,6 @@ def scored_items(refs: list, shifted: int = 1) -> list[dict]:
 
 def score(pair, other_rgb: np.ndarray, fused: np.ndarray) -> dict:
     return {**evaluate(pair.mri * 255.0, pair.other * 255.0, luma(fused)), **colour_fidelity(other_rgb, fused)}
-
-
-def coloured_mean(x: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian mean of ``x`` over the pixels ``weight`` selects (normalised convolution),
-    so the dark background outside the colour does not pull the mean down."""
-    k = gaussian_kernel(sigma)
-    blur = lambda v: cv2.sepFilter2D(v.astype(np.float32), cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT_101)  # noqa: E731
-    return blur(x * weight) / np.maximum(blur(weight), 1e-6)
 
 
 def finished(variant: str, raw: np.ndarray, pair) -> np.ndarray:
