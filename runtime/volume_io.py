@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import ImageError, SizeLimitError
 from .files import atomic_output
-from .memory import check_fits
+from .memory import budget_bytes, check_fits, human
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])  # how nibabel reads and writes NIFTI_TYPE_RGB24
@@ -213,6 +213,35 @@ def _checked(data: np.ndarray, affine: np.ndarray, where: str) -> tuple[np.ndarr
     return np.where(finite, data, data[finite].min()).astype(np.float32), affine
 
 
+def _check_deflated(path: Path, where: str) -> None:
+    """A Deflated Explicit VR Little Endian file is inflated whole when pydicom reads it, before
+    any header can be checked: measure its inflated size first, streaming (a megabyte at a time),
+    and refuse one larger than this machine's memory budget. Any other file is left to pydicom."""
+    import zlib
+
+    import pydicom
+
+    budget = budget_bytes()
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if budget is None or meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return
+        # preamble (128) + "DICM" (4) + the group length element (12) + the rest of group 2
+        start = 144 + int(meta.FileMetaInformationGroupLength)
+    except Exception:  # noqa: BLE001 - not DICOM, or no file meta: pydicom decides below
+        return
+    inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as stream:
+        stream.seek(start)
+        while chunk := stream.read(1 << 20):
+            while chunk:
+                total += len(inflate.decompress(chunk, 1 << 24))
+                chunk = inflate.unconsumed_tail
+                if total > budget:
+                    raise SizeLimitError(f"{where}: a deflated DICOM that inflates past the {human(budget)} available "
+                                         "here (a decompression bomb?)")
+
+
 def _check_memory(shape, where: str) -> None:
     """Refuse, from the header alone, a volume that cannot be read here (before decompressing)."""
     voxels = int(np.prod([int(n) for n in shape], dtype=np.float64))
@@ -249,6 +278,7 @@ def _read_dicom_series(folder: str | os.PathLike, role: str = "volume") -> Volum
     folder = Path(folder)
     named: list[tuple[str, Any]] = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        _check_deflated(path, f"{role} {path}")
         try:
             ds = pydicom.dcmread(path)
         except MemoryError:  # never "not DICOM": a deflated bomb, or a file larger than memory

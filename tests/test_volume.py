@@ -964,3 +964,17 @@ def test_a_second_run_onto_the_same_outputs_never_mixes_two_sets(tmp_path, model
     assert result.exit_code == 1 and "not an empty folder" in one_line_error(result)
     assert {p: p.stat().st_mtime_ns for p in first} == first  # the first set, untouched and whole
     assert outputs_of(tmp_path) == ["dicom", "f.nii.gz", "png"]
+
+
+@pytest.mark.torch_free
+def test_a_deflated_dicom_bomb_in_a_series_is_refused_before_it_inflates(tmp_path, monkeypatch):
+    folder = write_series(brain_mri((24, 24, 4), (8.0, 8.0, 8.0), "LPS"), tmp_path / "mri", template="MR_small.dcm")
+    bomb = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    bomb.Rows, bomb.Columns = 4096, 12800  # 100 MiB of zeros, about 100 KiB deflated
+    bomb.PixelData = bytes(4096 * 12800 * 2)
+    bomb.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    bomb.save_as(folder / "zz_bomb.dcm", enforce_file_format=True)
+    assert (folder / "zz_bomb.dcm").stat().st_size < 2**20
+    monkeypatch.setenv("CMINET_MAX_MEMORY", "32M")
+    with pytest.raises(CMINetError, match="deflated DICOM that inflates past"):
+        load_volume(folder)
