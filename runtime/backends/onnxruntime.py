@@ -46,6 +46,17 @@ ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 
+def _cuda_or_none(device: int):
+    """The runtime's CUDA bindings on ``device``, opened once per GPU session (every fuse asks
+    for the free memory), or None where there are none (the host budget applies then)."""
+    from ..cuda import open_cuda
+
+    try:
+        return open_cuda(device)
+    except Exception:  # noqa: BLE001 - no bindings or no driver
+        return None
+
+
 def best_onnx_backend() -> str:
     """ort-cuda where onnxruntime-gpu sees a GPU, else ort-cpu."""
     return "ort-cuda" if ORT_PROVIDERS["ort-cuda"] in ort.get_available_providers() else "ort-cpu"
@@ -176,6 +187,7 @@ class OnnxRuntimeBackend(Backend):
         self.precision = meta.get(META_PRECISION, "fp16" if self.input_dtype == np.float16 else "fp32")
         self.output_name = self.session.get_outputs()[0].name
         self.use_binding = self.providers[0] != "CPUExecutionProvider"
+        self._cuda = _cuda_or_none(device) if backend_spec(backend).gpu else None  # for free memory only
 
     @classmethod
     def unavailable(cls, name: str) -> str | None:
@@ -202,15 +214,15 @@ class OnnxRuntimeBackend(Backend):
     def device_free_bytes(self) -> int | None:
         """The GPU's free memory through the runtime's CUDA bindings, where installed (ONNX
         Runtime itself does not say); None on the CPU or without bindings."""
-        if not backend_spec(self.name).gpu:
+        if self._cuda is None:
             return None
-        from ..cuda import open_cuda
+        with self._cuda.activate():
+            return int(self._cuda.mem_info()[0])
 
-        try:
-            with open_cuda(self.device) as cuda, cuda.activate():
-                return int(cuda.mem_info()[0])
-        except Exception:  # noqa: BLE001 - no bindings or no driver: the host budget applies
-            return None
+    def close(self) -> None:
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
 
     def info(self) -> dict:
         session_options = self.session.get_session_options()
