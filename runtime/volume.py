@@ -102,6 +102,12 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     return data > low + HEAD_FRACTION * (top - low)
 
 
+def head_values(data: np.ndarray) -> np.ndarray:
+    """The head's voxel values (1-D): what the default window and the saturation check read,
+    found once per volume (a percentile over every voxel)."""
+    return data[head_mask(data)]
+
+
 def looks_like_hounsfield(volume: Volume) -> bool:
     """A CT in HU: RescaleType (where the DICOM says) HU, and air below -200."""
     rescale_type = str(volume.dicom.get("RescaleType", "") or "").upper() if volume.dicom is not None else ""
@@ -110,9 +116,11 @@ def looks_like_hounsfield(volume: Volume) -> bool:
     return bool(np.percentile(volume.data, 1.0) < AIR_HU)
 
 
-def default_window(modality: str, other: Volume) -> tuple[tuple[float, float], str | None]:
+def default_window(modality: str, other: Volume, head: np.ndarray | None = None
+                   ) -> tuple[tuple[float, float], str | None]:
     """OTHER's display window when none is given, and a note when the data forced a change
-    from the modality's usual one (a CT that is not in Hounsfield units)."""
+    from the modality's usual one (a CT that is not in Hounsfield units). ``head``: OTHER's
+    :func:`head_values`, where the caller has them already."""
     row, data = modality_row(modality), other.data
     if row.window is not None:
         if looks_like_hounsfield(other):
@@ -123,15 +131,15 @@ def default_window(modality: str, other: Volume) -> tuple[tuple[float, float], s
                         f"{data.max():.4g}, no air below {AIR_HU:g}); window {window[0]:.4g}..{window[1]:.4g} "
                         "from its data instead of the HU one (--window to choose)")
     low = float(np.percentile(data, OTHER_LOW_PERCENTILE))
-    head = data[head_mask(data)]
+    head = head_values(data) if head is None else head
     high = float(np.percentile(head, HEAD_TOP_PERCENTILE)) if head.size else float(data.max())
     return (low, high if high > low else low + 1.0), None
 
 
-def saturated_share(data: np.ndarray, window: tuple[float, float]) -> float:
+def saturated_share(data: np.ndarray, window: tuple[float, float], head: np.ndarray | None = None) -> float:
     """The share of the head's voxels at or above the window's top (shown at the top of the
-    grey or colour scale, so the MRI under them is hidden)."""
-    head = data[head_mask(data)]
+    grey or colour scale, so the MRI under them is hidden); ``head`` as in :func:`default_window`."""
+    head = head_values(data) if head is None else head
     return float(np.mean(head >= window[1])) if head.size else 0.0
 
 
@@ -168,7 +176,7 @@ class SlicePair:
     resampler for OTHER; slices are made on request, a batch at a time."""
 
     def __init__(self, mri: Volume, other: Volume, modality: str, window=None, colormap: str = DEFAULT_COLORMAP,
-                 mri_window=None):
+                 mri_window=None, head: np.ndarray | None = None):
         self.modality = modality
         row = modality_row(modality)
         self.colormap = check_colormap(colormap) if row.functional else GRAY
@@ -180,8 +188,7 @@ class SlicePair:
         if window is not None:
             self.window = parse_window(window)
         else:
-            self.window, self.window_note = default_window(modality, other)
-        self.saturated = saturated_share(other.data, self.window)
+            self.window, self.window_note = default_window(modality, other, head)
         # Outside OTHER's scan: its lowest value, which every window above shows as black.
         self.other = Resampler(other, self.grid.affine, fill=float(np.min(other.data)))
 
@@ -319,13 +326,15 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     if coverage < PARTIAL_OVERLAP:
         warnings.warn(f"OTHER covers {coverage:.0%} of the MRI's box: outside it the fused image is the MRI "
                       "alone (check that the volumes are co-registered)", UserWarning, stacklevel=2)
-    pair = SlicePair(mri, other, modality, window, colormap)
+    head = head_values(other.data)  # for the default window and the saturation check alike
+    pair = SlicePair(mri, other, modality, window, colormap, head=head)
     row = modality_row(modality)
     if pair.window_note:
         warnings.warn(pair.window_note, UserWarning, stacklevel=2)
-    if pair.saturated > row.saturated:
+    saturated = saturated_share(other.data, pair.window, head)
+    if saturated > row.saturated:
         low, high = pair.window
-        warnings.warn(f"the {row.name} window {low:.4g}..{high:.4g} puts {pair.saturated:.0%} of OTHER's head at "
+        warnings.warn(f"the {row.name} window {low:.4g}..{high:.4g} puts {saturated:.0%} of OTHER's head at "
                       "the top of the scale, hiding the MRI there (--window=LOW,HIGH to widen it)", UserWarning,
                       stacklevel=2)
     fuser, owned = _open_fuser(model, backend, precision, threads, colour)
