@@ -5,7 +5,6 @@ layer over library functions; the error boundary and option types it shares with
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import click
@@ -29,6 +28,12 @@ from cminet.runtime.modality import MODALITIES
 COLOUR_HELP = ("PET/SPECT colour: balanced (the colour hold: the network's detail inside the functional colours) "
                "or strict (the functional colour scale kept first, at some cost in the fusion metrics); CT is the "
                "same in both.")
+
+
+def colour_option(help_prefix: str = ""):
+    """``--colour balanced|strict``, as fuse, fuse-volume and evaluate take it."""
+    return click.option("--colour", "colour", default="balanced", show_default=True,
+                        type=click.Choice(COLOUR_MODES), help=help_prefix + COLOUR_HELP)
 
 
 @click.group(cls=BoundaryGroup, context_settings=CONTEXT)
@@ -240,8 +245,7 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
                                "backend.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (ONNX Runtime, OpenVINO, PyTorch).")
 @click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
-@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
-              help=COLOUR_HELP)
+@colour_option()
 def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weights, server, server_model, backend,
          precision, device, threads, tile, colour) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
@@ -371,8 +375,7 @@ def serve(host, port, grpc_port, metrics_port, model_file, backend, threads, max
               help="Another method's outputs as DIR/<pair>/<name>.png (repeatable).")
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), help="At most N pairs per pair type (quick runs).")
-@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
-              help="Colour mode of the cminet method: " + COLOUR_HELP)
+@colour_option("Colour mode of the cminet method: ")
 @click.option("--shifted", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also score N transformed copies of each PET/SPECT pair (another palette, MRI contrast, "
                    "functional scale and resolution): subject and scanner change the data does not contain.")
@@ -468,8 +471,7 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, colour, sh
 @click.option("--allow-different-patients", is_flag=True,
               help="Fuse DICOM inputs whose PatientID / PatientName / PatientBirthDate differ (refused otherwise); "
                    "the output's series description says DIFFERENT PATIENTS.")
-@click.option("--colour", "colour", default="balanced", show_default=True, type=click.Choice(COLOUR_MODES),
-              help=COLOUR_HELP)
+@colour_option()
 @click.option("--assume-registered", is_flag=True,
               help="Fuse DICOM inputs in different frames of reference as if registered (refused otherwise); "
                    "the output's series description says ASSUMED REGISTERED.")
@@ -602,10 +604,6 @@ class _Tiling:
 def split_pairs(text: str) -> tuple[str, ...]:
     """'ct_mri, pet_mri' → ('ct_mri', 'pet_mri')."""
     return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
-def torch_installed() -> bool:
-    return importlib.util.find_spec("torch") is not None
 
 
 if __name__ == "__main__":
