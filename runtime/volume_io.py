@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageError, SizeLimitError
-from .files import atomic_output
+from .errors import ImageError, OutputError, SizeLimitError
+from .files import atomic_output, check_new_folder
 from .memory import budget_bytes, check_fits, human
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -472,11 +472,12 @@ def save_nifti(volume: Volume, path: str | os.PathLike) -> Path:
 
 
 def check_output_folder(folder: str | os.PathLike, what: str) -> Path:
-    """A folder to create: absent or empty (a derived series never mixes with other files)."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise VolumeError(f"{what} {folder}: exists and is not an empty folder; give a new folder")
-    return folder
+    """A folder to create: absent or empty (a derived series never mixes with other files), in a
+    writable parent (:func:`~cminet.runtime.files.check_new_folder`), named as ``what``."""
+    try:
+        return check_new_folder(folder)
+    except OutputError as exc:
+        raise VolumeError(f"{what} {exc}") from None
 
 
 def save_dicom_series(volume: Volume, folder: str | os.PathLike, description: str = FUSED_DESCRIPTION,
