@@ -126,7 +126,7 @@ class CudaPython(CudaApi):
         try:
             from cuda.bindings import runtime as cudart
         except ImportError as exc:
-            raise ImportError(_explain_missing_bindings(), name=exc.name) from None
+            raise ImportError(explain_missing_bindings(), name=exc.name) from None
         import cuda.bindings
 
         self.rt = cudart
@@ -344,7 +344,7 @@ def _cuda_version(encoded: int) -> str:
     return f"{encoded // 1000}.{encoded % 1000 // 10}"
 
 
-def _explain_missing_bindings() -> str:
+def explain_missing_bindings() -> str:
     """Why ``cuda.bindings`` is missing: not installed, or a cuda-python before 12.6.1."""
     try:
         import cuda

@@ -23,7 +23,7 @@ from typing import Any
 
 from .backends.base import unavailable_reason
 from .contract import BACKENDS, REFERENCE_FILE, SHIPPED_ONNX, SHIPPED_WEIGHTS, shipped_dir
-from .cuda import _explain_missing_bindings, open_cuda
+from .cuda import explain_missing_bindings, open_cuda
 from .errors import first_line
 
 OK, MISSING, BROKEN, INFO = "ok", "missing", "broken", "info"
@@ -51,9 +51,6 @@ class Report:
         check = Check(*args, **kwargs)
         self.checks.append(check)
         return check
-
-    def status(self, name: str) -> str | None:
-        return next((c.status for c in self.checks if c.name == name), None)
 
     def fixes(self) -> list[str]:
         """The install commands for everything missing or broken, each once, in report order."""
@@ -133,7 +130,7 @@ def _software(report: Report) -> None:
     _probe(report, section, "tensorrt", "tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
            INSTALL.format(extra="trt") + " (JetPack ships it)", needed=False)
     _probe(report, section, "cuda-python", "cuda.bindings", ("cuda-bindings", "cuda-python"),
-           INSTALL.format(extra="gpu"), needed=False, explain=_explain_missing_bindings)
+           INSTALL.format(extra="gpu"), needed=False, explain=explain_missing_bindings)
     _probe(report, section, "pycuda", "pycuda", ("pycuda",), None, needed=False)
     _probe(report, section, "torch", "torch", ("torch",), INSTALL.format(extra="train"), _torch_cuda, needed=False)
     for module, extra in (("nibabel", "volume"), ("pydicom", "volume"), ("highdicom", "volume"),
