@@ -131,9 +131,12 @@ def test_stack(stack: Stack, wheel: Path, pytest_args: list[str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stacks", nargs="*", choices=[[], *STACKS], help="default: every stack")
+    parser.add_argument("stacks", nargs="*", help=f"some of {', '.join(STACKS)} (default: every stack)")
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-k doctor -x'")
     args = parser.parse_args()
+    unknown = [name for name in args.stacks if name not in STACKS]
+    if unknown:
+        parser.error(f"unknown stack(s) {', '.join(unknown)}; choose from {', '.join(STACKS)}")
     WORK.mkdir(exist_ok=True)
     wheel = build_wheel()
     results = [test_stack(STACKS[name], wheel, args.pytest_args.split()) for name in (args.stacks or STACKS)]
