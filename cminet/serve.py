@@ -39,13 +39,16 @@ import numpy as np
 from cminet.runtime.backends.triton import server_message, split_url
 from cminet.runtime.contract import (
     INPUT_NAMES,
+    IO_CHANNELS,
+    IO_RANK,
     OUTPUT_NAME,
     TRITON_IO_DIMS,
     TRITON_MODEL,
     TRITON_PORT,
     TRITON_QUEUE_DELAY_US,
 )
-from cminet.runtime.errors import ServerError
+from cminet.runtime.errors import ImageError, ServerError, SizeLimitError
+from cminet.serve_front import start_front
 
 MODEL_NAME = TRITON_MODEL
 DEFAULT_PORT = TRITON_PORT
@@ -91,12 +94,23 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
 
     @batch
     def infer(mri: np.ndarray, other: np.ndarray) -> dict:
-        # Triton has already checked names, FP32 and N×1×H×W; the runtime checks the rest
-        # (equal sizes, H, W ≥ 16, NaN/Inf) and its one-line error goes back to the client.
-        return {OUTPUT_NAME: fuser.infer(mri, other)}
+        # The front checked each request's shapes and values, and the Triton checked names and
+        # FP32; what is left to refuse is a batch the dynamic batcher made too large for memory
+        # from requests that each fit: those run one request at a time instead.
+        try:
+            return {OUTPUT_NAME: fuser.infer(mri, other)}
+        except SizeLimitError:
+            if len(mri) == 1:
+                raise
+        return {OUTPUT_NAME: np.concatenate([fuser.infer(mri[k:k + 1], other[k:k + 1]) for k in range(len(mri))])}
 
+    # tritonserver's HTTP listens privately; clients reach the front (cminet.serve_front),
+    # which refuses what would crash tritonserver, leak in its Python backend or come back
+    # as a traceback.
+    triton_http_port = free_port()
+    largest_side = fuser.size_policy().largest_square() or FALLBACK_MAX_SIDE
     os.environ.update(python_library_env())  # before tritonserver starts: it copies os.environ
-    config = TritonConfig(http_address=host, http_port=port, allow_grpc=grpc_port is not None,
+    config = TritonConfig(http_address="127.0.0.1", http_port=triton_http_port, allow_grpc=grpc_port is not None,
                           grpc_address=host, grpc_port=grpc_port, allow_metrics=metrics_port is not None,
                           metrics_port=metrics_port, exit_timeout_secs=5)
     tensors = [Tensor(name=name, dtype=np.float32, shape=TRITON_IO_DIMS) for name in INPUT_NAMES]
@@ -120,12 +134,21 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
             except Exception as exc:  # tritonclient's InferenceServerException with the backend's traceback
                 raise ServerError(f"tritonserver could not load the model: {server_message(exc)} "
                                   "(its log is above)") from None
+            try:
+                front = start_front(host, port, triton_http_port, largest_side,
+                                    lambda mri, other: check_request_shapes(fuser, mri, other))
+            except OSError as exc:
+                raise ServerError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
             info = fuser.info
             log(f"serving {info['model']} ({info['backend']}, {info['precision']}) as Triton model "
                 f"'{MODEL_NAME}' on http://{host}:{port}" + (f", grpc {host}:{grpc_port}" if grpc_port else "")
                 + (f", metrics :{metrics_port}" if metrics_port else "")
                 + f"; dynamic batching up to {max_batch_size}; Ctrl-C stops")
-            triton.serve()
+            try:
+                triton.serve()
+            finally:
+                front.shutdown()
+                front.server_close()
         if not _STOP_ASKED.is_set():  # serve() also returns when tritonserver itself dies
             raise ServerError("tritonserver stopped unexpectedly (its log is above); the server is down")
     finally:
@@ -137,6 +160,23 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     log("server stopped")
 
 
+def check_request_shapes(fuser, mri: tuple[int, ...], other: tuple[int, ...]) -> None:
+    """The runtime's checks of one request, made on its declared shapes before Triton sees
+    it (the runtime makes them again on the arrays): N×1×H×W, equal, not empty, within the
+    model's profile (sides ≥ 16) and within this machine's memory."""
+    for label, shape in (("mri", mri), ("other", other)):
+        if len(shape) != IO_RANK or shape[1] != IO_CHANNELS:
+            raise ImageError(f"{label}: expected shape N×1×H×W, got {'×'.join(map(str, shape)) or 'a scalar'}")
+    if mri != other:
+        raise ImageError(f"input shapes differ: mri {'×'.join(map(str, mri))}, other {'×'.join(map(str, other))}")
+    n, _, height, width = mri
+    if 0 in mri:
+        raise ImageError(f"empty input of shape {n}×1×{height}×{width}: images need at least 16×16 pixels")
+    fuser.backend.profile.check(mri)
+    fuser.size_policy().check_whole(n, height, width)
+
+
+FALLBACK_MAX_SIDE = 8192  # where this machine's memory cannot be read (the runtime then refuses nothing for memory)
 _STOP_ASKED = threading.Event()  # SIGINT / SIGTERM arrived: serve() returning is the stop asked for
 UNIX_SOCKET_ROOM = 60  # characters a workspace path may take: sockets inside add ~40 of the 107 allowed
 
@@ -155,6 +195,9 @@ def _raise_keyboard_interrupt(signum, frame):
 def _check_port_free(host: str, port: int, option: str) -> None:
     """Fail in one line before tritonserver does so in a page of logs."""
     with socket.socket() as s:
+        # As the front and tritonserver bind: connections closed a moment ago (TIME_WAIT)
+        # do not make a port taken; a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

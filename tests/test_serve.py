@@ -129,7 +129,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server):
         # checks dtypes and shapes, the runtime in the server checks the rest.
         remote = fuser.backend
         for mri, other, words in ((good.astype(np.int32), good.astype(np.int32), "expects 'FP32'"),
-                                  (two_channels, two_channels, "unexpected shape for input"),
+                                  (two_channels, two_channels, "expected shape N×1×H×W"),
                                   (good, good[..., :24], "input shapes differ")):
             with pytest.raises(ServerError, match=re.escape(words)) as caught:
                 remote.run_impl(mri, other)
@@ -140,6 +140,101 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server):
             remote._client().infer("cminet", [only_mri])
         assert "missing required input(s) ['other']" in server_message(caught.value)
         assert fuser.infer(good, good).shape == good.shape  # still serving
+
+
+def post_infer(url: str, body: bytes, headers: dict | None = None, path: str = "/v2/models/cminet/infer"):
+    """One raw POST: (status, parsed JSON body)."""
+    import http.client
+    import json
+
+    address, _, _ = split_url(url)
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def binary_request(mri: np.ndarray, other: np.ndarray) -> tuple[bytes, dict]:
+    """A KServe v2 body with both inputs as binary FP32 (what tritonclient sends)."""
+    import json
+
+    header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}
+                                    for name, x in (("mri", mri), ("other", other))],
+                         "outputs": [{"name": "fused", "parameters": {"binary_data": True}}]}).encode()
+    return header + mri.tobytes() + other.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def server_rss_mb(process: subprocess.Popen) -> float:
+    """Resident memory of `cminet serve`'s whole process group: the Python process (runtime
+    and front), tritonserver and its Python backend stub."""
+    found = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    total_kb = 0
+    for pid in found:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        total_kb += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))
+    return total_kb / 1024
+
+
+@pytest.mark.slow
+def test_deeply_nested_json_is_refused_and_tritonserver_survives(server):
+    # 100 KB bodies. tritonserver's JSON parser reads an input's data recursively and died on
+    # the first; the front checks every body it passes on, not only inference requests.
+    nested_data = b'{"inputs":[{"name":"mri","shape":[1,1,16,16],"datatype":"FP32","data":%s}]}'
+    for path, body, depth in (("/v2/models/cminet/infer", nested_data % (b"[" * 50_000 + b"]" * 50_000), 50_003),
+                              ("/v2/repository/index", b"[" * 30_000 + b"]" * 30_000, 30_000)):
+        status, answer = post_infer(server["url"], body, path=path)
+        assert status == 400 and f"nests {depth} levels deep" in answer["error"], (status, answer)
+    assert server["process"].poll() is None, server["log"].read_text()[-3000:]
+    good = np.random.default_rng(2).random((1, 1, 32, 32), dtype=np.float32)
+    with Fuser(server["url"]) as remote:
+        assert remote.infer(good, good).shape == good.shape  # still serving
+
+
+@pytest.mark.slow
+def test_refused_requests_do_not_grow_the_server(server):
+    """Triton's Python backend keeps the inputs of a request refused there; the front refuses
+    them before Triton, so refused requests cost the server nothing that stays."""
+    side = 1024  # 8 MB of inputs per request: cheap to send, plain to see if each one stayed
+    mri = np.zeros((1, 1, side, side), dtype=np.float32)
+    refused = [binary_request(mri, mri[..., :side - 16].copy()),  # sizes differ
+               binary_request(np.full_like(mri, np.nan), mri)]  # NaN
+    server_rss_mb(server["process"])
+    post_infer(server["url"], *refused[0])  # first sight of a size: buffers that are then reused
+    before = server_rss_mb(server["process"])
+    statuses = [post_infer(server["url"], *refused[k % 2])[0] for k in range(10)]
+    grown = server_rss_mb(server["process"]) - before
+    assert grown < 40, f"the server grew by {grown:.0f} MB over 10 refused {side}×{side} requests"
+    assert statuses == [400] * 10
+
+
+@pytest.mark.slow
+def test_errors_are_cminets_one_line_without_traceback_or_paths(server):
+    import tritonclient.http as http
+
+    with Fuser(server["url"]) as fuser:
+        client = fuser.backend._client()
+        for side, words in ((0, "empty input of shape 1×1×0×0"), (8, "outside the model's profile")):
+            inputs = []
+            for name in ("mri", "other"):
+                tensor = http.InferInput(name, [1, 1, side, side], "FP32")
+                tensor.set_data_from_numpy(np.zeros((1, 1, side, side), dtype=np.float32))
+                inputs.append(tensor)
+            with pytest.raises(Exception) as caught:
+                client.infer("cminet", inputs)
+            message = caught.value.message()
+            assert words in message and "\n" not in message, message
+            assert "Traceback" not in message and "/" not in message, message
+    # A body declared larger than any image fits is answered before it is sent.
+    status, answer = post_infer(server["url"], b"", {"Content-Length": str(2**40)})
+    assert status == 413 and "over this server's limit" in answer["error"], (status, answer)
 
 
 @pytest.mark.slow

@@ -127,16 +127,21 @@ class TritonBackend(Backend):
 
 
 def server_message(exc) -> str:
-    """Triton's error in one line. Checks Triton makes itself (names, dtypes, shapes) come
-    as one line already; an error raised in the Python backend comes as a traceback, whose
-    last ``SomeError: message`` line is what the client needs."""
+    """Triton's error in one line (see :func:`one_line_error`)."""
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    raised = [m.group(1) for m in _RAISED.finditer(text or "")]
-    line = _REQUEST_ID.sub("", raised[-1] if raised else (text.strip().splitlines() or [type(exc).__name__])[0])
+    return one_line_error(text or "") or type(exc).__name__
+
+
+def one_line_error(text: str) -> str:
+    """A Triton error message in one line. Checks Triton makes itself (names, dtypes, shapes)
+    come as one line already; an error raised in a Python backend comes as a traceback,
+    whose last ``SomeError: message`` line is what the client needs."""
+    raised = [m.group(1) for m in _RAISED.finditer(text)]
+    line = _REQUEST_ID.sub("", raised[-1] if raised else (text.strip().splitlines() or [""])[0])
     return line.split(" NOTE: ")[0][:300]  # Triton appends a paragraph on batch dimensions to shape errors
 
 
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): (.+)$", re.MULTILINE)
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\] ")
 
-__all__ = ["TritonBackend", "server_message", "split_url"]
+__all__ = ["TritonBackend", "one_line_error", "server_message", "split_url"]
