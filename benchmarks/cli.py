@@ -157,10 +157,16 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--no-cuda-graphs", is_flag=True, help="torch-cuda in eager mode instead of CUDA-graph replay.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch backends through torch.compile (compile time shows as cold start).")
+@click.option("--volume", nargs=2, type=click.Path(exists=True), metavar="MRI OTHER",
+              help="Instead: time fuse-volume on these volumes against the network on their whole slices "
+                   "(with and without skipping air).")
+@click.option("--modality", type=click.Choice(["ct", "pet", "spect"]), help="With --volume: what OTHER is.")
+@click.option("--threads", type=click.IntRange(min=1), help="With --volume: CPU threads (default: all cores).")
 @click.option("--workdir", default=".cminet-bench", show_default=True, type=click.Path(file_okay=False),
               help="Cache for models exported from --weights and built engines.")
 def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_path, record, plot, profiles,
-         profile_ops, interleaved, blocks, no_drift, no_cuda_graphs, compile_, workdir) -> None:
+         profile_ops, interleaved, blocks, no_drift, no_cuda_graphs, compile_, volume, modality, threads,
+         workdir) -> None:
     """Measure CMINet on every backend present: latency p50/p90/p99, throughput, peak RSS,
     GPU memory, cold start, file size and drift against FP32 PyTorch. Works without torch
     (the shipped ONNX and reference outputs).
@@ -172,7 +178,11 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
       cminet-bench --sizes 64,128,256,512,1024 --batch 1 --plot scaling.png
       cminet-bench --profile orin-nano-8gb --profile rtx-3090   # adds roofline estimates
       cminet-bench --sizes 256,512,1024 --batch 1 --interleaved --profile-ops   # CPU speed vs sgemm, IFCNN
+      cminet-bench --volume t1.nii.gz pet.nii.gz --modality pet --record   # fuse-volume vs the network
     """
+    if volume:
+        _volume_benchmark(volume, modality, backends, threads, iters, json_path, record)
+        return
     all_profiles = load_profiles()
     if "list" in profiles:
         for key, p in all_profiles.items():
@@ -259,6 +269,28 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
     if plot:
         plot_latency(report["results"], plot)
         click.echo(f"wrote {plot}")
+
+
+def _volume_benchmark(volume, modality, backends, threads, iters, json_path, record) -> None:
+    from .machine import describe
+    from .volume_speed import print_volume_speed, run_volume_speed
+
+    if "," in backends:
+        raise click.BadParameter("--volume times one backend; name one (or auto)", param_hint="--backends")
+    if json_path:
+        check_output(json_path)
+    rounds = max(1, min(iters, 30) // 10)  # --iters 30 (the default): three rounds
+    result = run_volume_speed(*volume, modality=modality, backend=backends, threads=threads, rounds=rounds)
+    machine = describe()
+    report = {"kind": "volume", "machine": machine, "volume": result}
+    click.echo(f"machine: {machine['cpu']} ({machine['cpu_cores']} cores), GPU: {machine['gpu'] or 'none'}")
+    print_volume_speed(result, click.echo)
+    targets = [Path(json_path)] if json_path else []
+    if record:
+        targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}-volume.json")
+    for target in targets:
+        write_text_atomic(target, json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {target}")
 
 
 if __name__ == "__main__":

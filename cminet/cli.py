@@ -30,6 +30,13 @@ COLOUR_HELP = ("PET/SPECT colour: balanced (the colour hold: the network's detai
                "same in both.")
 
 
+def skip_air_option():
+    """``--skip-air/--no-skip-air``, as fuse and fuse-volume take it."""
+    return click.option("--skip-air/--no-skip-air", "skip_air", default=True, show_default=True,
+                        help="Run the network only on the box that holds the head, the max rule around it "
+                             "(no air computed; within tiling's tolerance of whole-image fusion).")
+
+
 def colour_option(help_prefix: str = ""):
     """``--colour balanced|strict``, as fuse, fuse-volume and evaluate take it."""
     return click.option("--colour", "colour", default="balanced", show_default=True,
@@ -107,8 +114,9 @@ def info(size: tuple[int, int], weights: str | None) -> None:
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Dataset root laid out as <pair>/{mri,other}/<name>.png with train.txt.")
+@click.option("--data", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset root laid out as <pair>/{mri,other}/<name>.png with train.txt (and val.txt where "
+                   "whole subjects are held out); repeat to train on several.")
 @click.option("--pairs", help="Comma-separated pair types to train on (default: every <pair>/ folder in DATA).")
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
@@ -169,11 +177,12 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     from pathlib import Path
 
     from cminet.checkpoint import load_checkpoint
+    from cminet.data import training_split
     from cminet.fusion import torch_device
     from cminet.losses import LossWeights
     from cminet.runtime.errors import OutputError
     from cminet.runtime.files import output_kind
-    from cminet.runtime.folders import PAIR_TYPES, discover_pairs, list_pairs
+    from cminet.runtime.folders import PAIR_TYPES, discover_pairs
     from cminet.train import TrainOptions
     from cminet.train import train as run_training
 
@@ -188,12 +197,13 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
         torch_device(device)
     except CMINetError as exc:
         raise click.BadParameter(str(exc).removeprefix("device").lstrip(": "), param_hint="--device") from None
-    chosen = split_pairs(pairs) if pairs else discover_pairs(data)
-    unknown = [p for p in chosen if p not in PAIR_TYPES and not (Path(data) / p).is_dir()]
+    chosen = split_pairs(pairs) if pairs else tuple(sorted({p for root in data for p in discover_pairs(root)}))
+    unknown = [p for p in chosen if p not in PAIR_TYPES and not any((Path(root) / p).is_dir() for root in data)]
     if unknown:
         raise click.BadParameter(f"unknown pair type(s) {', '.join(unknown)}", param_hint="--pairs")
-    if not list_pairs(data, chosen, "train"):
-        raise CMINetError(f"{data}: the train split of {', '.join(chosen)} lists no pairs")
+    train_refs, _ = training_split(data, chosen)
+    if not train_refs:
+        raise CMINetError(f"{', '.join(data)}: the train split of {', '.join(chosen)} lists no pairs")
     if init:
         load_checkpoint(init)
     if resume and not (Path(out) / "last.safetensors").is_file():
@@ -201,7 +211,8 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     log = Path(out) / "log.csv"  # appended to with plain writes: a FIFO or device there would block or vanish
     if output_kind(log) not in ("new", "file"):
         raise OutputError(f"{log}: not a regular file; training appends its log there")
-    opts = TrainOptions(data=Path(data), out=Path(out), pairs=chosen, epochs=epochs, batch_size=batch_size,
+    opts = TrainOptions(data=tuple(Path(root) for root in data), out=Path(out), pairs=chosen, epochs=epochs,
+                        batch_size=batch_size,
                         lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
                         max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
                         augment=augment, colour_hold=colour_hold, shifted_val=shifted_val,
@@ -246,8 +257,9 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (ONNX Runtime, OpenVINO, PyTorch).")
 @click.option("--tile", default="auto", show_default=True, type=TileType(), help=TILE_HELP)
 @colour_option()
+@skip_air_option()
 def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weights, server, server_model, backend,
-         precision, device, threads, tile, colour) -> None:
+         precision, device, threads, tile, colour, skip_air) -> None:
     """Fuse an MRI with a CT, PET or SPECT image.
 
     \b
@@ -298,7 +310,8 @@ def fuse(mri, other, output, data, samples, split, pairs, out, model_file, weigh
             raise CMINetError(f"{data}: the {split} split lists no pairs")
 
     fuser = open_fuser(model_file or weights or (server and server_url(server, server_model)), backend,
-                       precision, device, threads, torch_weights=weights is not None, colour=colour)
+                       precision, device, threads, torch_weights=weights is not None, colour=colour,
+                       skip_air=skip_air)
     tiled = _Tiling(fuser, tile)
     if single:
         fuse_files(tiled, mri, other, output)
@@ -472,11 +485,12 @@ def evaluate(data, split, pairs, weights, methods, fused, out, limit, colour, sh
               help="Fuse DICOM inputs whose PatientID / PatientName / PatientBirthDate differ (refused otherwise); "
                    "the output's series description says DIFFERENT PATIENTS.")
 @colour_option()
+@skip_air_option()
 @click.option("--assume-registered", is_flag=True,
               help="Fuse DICOM inputs in different frames of reference as if registered (refused otherwise); "
                    "the output's series description says ASSUMED REGISTERED.")
 def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_dir, model_file, backend,
-                precision, batch_size, threads, colour, allow_different_patients, assume_registered) -> None:
+                precision, batch_size, threads, colour, skip_air, allow_different_patients, assume_registered) -> None:
     """Fuse an MRI volume with a CT, PET or SPECT volume (NIfTI files or DICOM series folders).
 
     No registration is done: the two volumes must already be co-registered. OTHER is
@@ -513,7 +527,7 @@ def fuse_volume(mri, other, output, modality, window, colormap, dicom_out, png_d
         fused = volumes.fuse_volume(mri_volume, other_volume, model=model_file, modality=modality, window=window,
                                     colormap=colormap, batch_size=batch_size, backend=backend, precision=precision,
                                     threads=threads, progress=True, allow_different_patients=allow_different_patients,
-                                    assume_registered=assume_registered, colour=colour)
+                                    assume_registered=assume_registered, colour=colour, skip_air=skip_air)
         info = fused.info
         units = f" {other_volume.units}" if other_volume.units else ""
         palette = f", colour map {info['colormap']}" if fused.is_rgb else ""
@@ -549,7 +563,7 @@ def server_url(server: str, model: str) -> str:
 
 
 def open_fuser(source, backend: str, precision: str | None, device: str | None, threads: int | None,
-               torch_weights: bool = False, colour: str = "balanced"):
+               torch_weights: bool = False, colour: str = "balanced", skip_air: bool = True):
     """The one :class:`~cminet.runtime.Fuser` every command fuses through. ``device`` (auto,
     cpu, cuda, cuda:N) steers ``backend`` auto: a checkpoint runs on torch-cpu or torch-cuda,
     an ONNX on a CPU or a CUDA backend; cuda:N is the GPU index. A device this machine does
@@ -585,7 +599,8 @@ def open_fuser(source, backend: str, precision: str | None, device: str | None, 
         from cminet.runtime.backends.onnxruntime import best_onnx_backend
 
         backend = contract.AUTO if best_onnx_backend() == "ort-cpu" else "ort-cpu"
-    return Fuser(source or None, backend=backend, precision=precision, device=index, threads=threads, colour=colour)
+    return Fuser(source or None, backend=backend, precision=precision, device=index, threads=threads, colour=colour,
+                 skip_air=skip_air)
 
 
 class _Tiling:

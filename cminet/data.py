@@ -28,7 +28,7 @@ from cminet.runtime.folders import PairRef, discover_pairs, list_pairs
 from cminet.runtime.imaging import prepare_pair, read_image
 from cminet.runtime.modality import from_pair_type
 
-__all__ = ["FusionPairs", "load_pair", "split_validation", "validation_split"]
+__all__ = ["FusionPairs", "load_pair", "split_validation", "training_split", "validation_split"]
 
 def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     """Carve validation pairs out of the training pairs (never from the test split).
@@ -64,9 +64,12 @@ def split_validation(refs: list[PairRef], fraction: float = 0.1, seed: int = 0) 
 
 
 def validation_split(root, pairs, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
-    """(training, validation) pairs of the pair types ``pairs`` under ``root``: the train
-    split listed, carved by :func:`split_validation` over *every* pair type in ``root`` that
-    has a train split, then narrowed to ``pairs``.
+    """(training, validation) pairs of the pair types ``pairs`` under ``root``.
+
+    A pair type whose folder has a ``val.txt`` beside ``train.txt`` is split as those lists
+    say: the data's maker held whole subjects or volumes out (:mod:`cminet.volume_pairs`
+    does). The others' train split is carved by :func:`split_validation` over *every* such
+    pair type in ``root``, then narrowed to ``pairs``.
 
     Why every type: :func:`split_validation` draws the held-out cases of all types from one
     seeded shuffle, so carving ``spect_mri`` alone picks other SPECT cases than carving all
@@ -74,10 +77,34 @@ def validation_split(root, pairs, fraction: float = 0.1, seed: int = 0) -> tuple
     "validation" pairs that a run on all types trained on, and ``cminet train --pairs
     spect_mri --init`` from such a run would validate on its training cases. Carved this way,
     a type's validation cases depend on the data folder, not on ``--pairs``."""
-    every = [p for p in discover_pairs(root) if (Path(root) / p / "train.txt").is_file()]
-    train, val = split_validation(list_pairs(root, sorted({*every, *pairs}), "train"), fraction, seed)
+    root = Path(root)
+    every = [p for p in discover_pairs(root) if (root / p / "train.txt").is_file()]
+    listed = {p for p in every if (root / p / "val.txt").is_file()}
+    carved = sorted({*every, *pairs} - listed)
+    train, val = split_validation(list_pairs(root, carved, "train"), fraction, seed) if carved else ([], [])
     keep = set(pairs)
-    return [r for r in train if r.pair in keep], [r for r in val if r.pair in keep]
+    held = sorted(listed & keep)
+    return ([r for r in train if r.pair in keep] + list_pairs(root, held, "train"),
+            [r for r in val if r.pair in keep] + list_pairs(root, held, "val"))
+
+
+def training_split(roots, pairs, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
+    """:func:`validation_split` of each data folder in ``roots``, joined: the pair types
+    ``pairs`` that each folder has (every type must be in at least one)."""
+    train: list[PairRef] = []
+    val: list[PairRef] = []
+    found: set[str] = set()
+    for root in roots:
+        present = [p for p in pairs if (Path(root) / p / "train.txt").is_file()]
+        found.update(present)
+        if present:
+            t, v = validation_split(root, present, fraction, seed)
+            train += t
+            val += v
+    missing = [p for p in pairs if p not in found]
+    if missing:
+        raise CMINetError(f"no train split of {', '.join(missing)} in {', '.join(map(str, roots))}")
+    return train, val
 
 
 def load_pair(ref: PairRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from cminet.augment import Augment
 from cminet.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from cminet.data import FusionPairs, validation_split
+from cminet.data import FusionPairs, training_split
 from cminet.losses import FusionLoss, LossWeights, colour_hold
 from cminet.model import CMINet, CMINetConfig
 from cminet.runtime.errors import CMINetError
@@ -40,7 +40,7 @@ from cminet.runtime.folders import PAIR_TYPES
 
 @dataclass
 class TrainOptions:
-    data: Path
+    data: Path | tuple[Path, ...]  # one data folder or several (their pairs are joined)
     out: Path
     pairs: tuple[str, ...] = PAIR_TYPES
     epochs: int = 100
@@ -262,7 +262,8 @@ def _train(opts: TrainOptions, dist: Distributed, device: torch.device) -> dict:
     say = print if dist.is_main else (lambda *args, **kwargs: None)
 
     # the test split is never read here
-    train_refs, val_refs = validation_split(opts.data, opts.pairs, opts.val_fraction, opts.seed)
+    roots = tuple(opts.data) if isinstance(opts.data, (tuple, list)) else (opts.data,)
+    train_refs, val_refs = training_split(roots, opts.pairs, opts.val_fraction, opts.seed)
     train_set = FusionPairs(train_refs, crop=opts.crop, seed=opts.seed + dist.rank,
                             augment=Augment() if opts.augment else None)
     val_set = FusionPairs(val_refs, seed=opts.seed, shifted=opts.shifted_val)
@@ -395,4 +396,5 @@ def _start_log(path: Path, keep: bool) -> None:
 
 def _jsonable(opts: TrainOptions) -> dict:
     d = asdict(opts)
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+    return {k: (str(v) if isinstance(v, Path) else [str(x) if isinstance(x, Path) else x for x in v]
+                if isinstance(v, tuple) else v) for k, v in d.items()}

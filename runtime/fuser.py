@@ -10,7 +10,8 @@ profile, memory) and a bad one raises a ``ValueError`` subclass from
 :mod:`cminet.runtime.errors` naming the argument, before any GPU work; every output is
 checked against the contract (shape, dtype) after each run. An image too large to fuse
 whole in this machine's memory (or the engine's profile) is fused in overlapping tiles with
-blended seams (:mod:`cminet.runtime.tiling`). Pre/post-processing is
+blended seams (:mod:`cminet.runtime.tiling`); the network runs only on the part of an image
+that holds the head (:mod:`cminet.runtime.content`). Pre/post-processing is
 :mod:`cminet.runtime.imaging`, shared by every backend.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from .backends.base import Backend, BackendUnavailable, open_backend
 from .colour import check_colour_mode
+from .content import run_on_content, token_grid
 from .contract import (
     AUTO,
     AUTO_BACKEND,
@@ -97,6 +99,10 @@ class Fuser:
             torch backends (:func:`~cminet.runtime.backends.base.backend_options` lists them).
         colour: ``balanced`` (the colour hold) or ``strict`` (the functional colour scale kept
             first: :func:`~cminet.runtime.colour.keep_colour_scale`); CT is the same in both.
+        skip_air: run the network only on the box of each image (or batch) that holds the head
+            and give ``max(MRI, OTHER)`` around it, as a max-residual CMINet does there
+            (:mod:`cminet.runtime.content`); False runs every pixel. :meth:`infer` always runs
+            the input as given.
 
     An option the chosen backend cannot honour is refused, never ignored. Bad arguments
     raise :class:`~cminet.runtime.contract.ContractError` (a ``ValueError``) naming the
@@ -105,9 +111,13 @@ class Fuser:
 
     def __init__(self, source: str | os.PathLike | Backend | None = None, backend: str = AUTO,
                  precision: str | None = None, device: int | None = None, threads: int | None = None,
-                 optimization: str | None = None, options: dict | None = None, colour: str = "balanced"):
+                 optimization: str | None = None, options: dict | None = None, colour: str = "balanced",
+                 skip_air: bool = True):
         self._backend: Backend | None = None
         self.colour = check_colour_mode(colour)
+        if not isinstance(skip_air, bool):
+            raise ContractError(f"skip_air: expected True or False, got {skip_air!r}")
+        self.skip_air = skip_air
         self.last_plan: TilePlan | None = None  # the tiles of the last fuse(), None when fused whole
         if isinstance(source, Backend):
             self.path: Path | str = f"<{source.name} backend>"
@@ -150,11 +160,20 @@ class Fuser:
 
     def _check_metadata(self) -> None:
         """The model's recorded config (which sizes memory and tiles) is an input like any other."""
+        # The token grid content boxes align to; None (slices run whole) without skip_air or
+        # for a model not known to be a max-residual CMINet.
+        self._grid = token_grid(getattr(self._backend, "config_json", None)) if self.skip_air else None
         try:
             self.size_policy()
         except ContractError as exc:
             self.close()
             raise ModelFileError(f"{self.path}: {exc}") from None
+
+    @property
+    def skips_air(self) -> bool:
+        """Whether :meth:`fuse` and friends run the network on content boxes (``skip_air`` and a
+        model known to be a max-residual CMINet)."""
+        return self._grid is not None
 
     @property
     def backend(self) -> Backend:
@@ -194,7 +213,12 @@ class Fuser:
                           where="on the GPU" if free is not None else "here")
 
     def _network(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
-        """Float H×W pair → float32 H×W, whole or in tiles (``self.last_plan``)."""
+        """Float H×W pair → float32 H×W: the network on its content, whole or in tiles
+        (``self.last_plan``)."""
+        self.last_plan = None
+        return run_on_content(lambda a, b: self._whole_or_tiles(a[0], b[0], tile)[None], mri, other, self._grid)
+
+    def _whole_or_tiles(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         policy = self.size_policy()
         self.last_plan = plan = policy.plan(*mri.shape, tile)
         if plan is None:
@@ -208,12 +232,15 @@ class Fuser:
         tile = parse_tile(tile)
         if not isinstance(mri, np.ndarray) or mri.ndim != 3:
             raise ImageError(f"mri: expected N×H×W slices, got {getattr(mri, 'shape', type(mri).__name__)}")
+        return run_on_content(lambda a, b: self._stack(a, b, tile), mri, other, self._grid)
+
+    def _stack(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         n, height, width = mri.shape
         policy = self.size_policy()
         if policy.plan(height, width, tile) is None and policy.fits(n, height, width):
             self.last_plan = None
             return self.infer(mri[:, None], other[:, None])[:, 0]
-        return np.stack([self._network(mri[k], other[k], tile) for k in range(n)])
+        return np.stack([self._whole_or_tiles(mri[k], other[k], tile) for k in range(n)])
 
     # -- images in, images out -----------------------------------------------------------
     def fuse(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
@@ -251,11 +278,11 @@ class Fuser:
                 limit -= 1
             for start in range(0, len(indices), limit):
                 chunk = indices[start : start + limit]
-                a = np.stack([prepared[i].mri for i in chunk])[:, None]
-                b = np.stack([prepared[i].other for i in chunk])[:, None]
-                out = self.infer(a, b)
+                a = np.stack([prepared[i].mri for i in chunk])
+                b = np.stack([prepared[i].other for i in chunk])
+                out = run_on_content(lambda x, y: self.infer(x[:, None], y[:, None])[:, 0], a, b, self._grid)
                 for k, i in enumerate(chunk):
-                    results[i] = finish_fused(out[k, 0], prepared[i], self.colour)
+                    results[i] = finish_fused(out[k], prepared[i], self.colour)
         return results  # type: ignore[return-value]
 
     @property
@@ -263,6 +290,7 @@ class Fuser:
         b = self.backend
         profile = {"min_nhw": list(b.profile.min), "max_nhw": list(b.profile.max) if b.profile.max else None}
         return {"model": str(self.path), "backend": b.name, "precision": b.precision,
+                "skip_air": self.skips_air,
                 "input_dtype": b.input_dtype.name, "profile": profile, "python": platform.python_version(),
                 "numpy": np.__version__, **b.info()}
 

@@ -27,6 +27,7 @@ import math
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -235,15 +236,17 @@ class SlicePair:
 
 
 def _open_fuser(model, backend: str, precision: str | None, threads: int | None,
-                colour: str | None = None) -> tuple[Fuser, bool]:
+                colour: str | None = None, skip_air: bool | None = None) -> tuple[Fuser, bool]:
     """(fuser, whether we opened it and so must close it)."""
     if isinstance(model, Fuser):
         given = [name for name, value in (("backend", backend != AUTO), ("precision", precision is not None),
-                                          ("threads", threads is not None), ("colour", colour is not None)) if value]
+                                          ("threads", threads is not None), ("colour", colour is not None),
+                                          ("skip_air", skip_air is not None)) if value]
         if given:
             raise CMINetError(f"{', '.join(given)}: an open Fuser was given as the model; set these when opening it")
         return model, False
-    fuser = Fuser(model, backend=backend, precision=precision, threads=threads, colour=colour or "balanced")
+    fuser = Fuser(model, backend=backend, precision=precision, threads=threads, colour=colour or "balanced",
+                  skip_air=True if skip_air is None else skip_air)
     return fuser, True  # model None: the shipped ONNX
 
 
@@ -288,7 +291,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
                 colormap: str = DEFAULT_COLORMAP, batch_size: int | None = None, backend: str = AUTO,
                 precision: str | None = None, threads: int | None = None, progress: bool = False,
                 allow_different_patients: bool = False, assume_registered: bool = False,
-                colour: str | None = None) -> Volume:
+                colour: str | None = None, skip_air: bool | None = None) -> Volume:
     """Fuse an MRI volume with a CT, PET or SPECT volume; returns the fused :class:`Volume`
     on the MRI grid (the MRI's shape and affine): uint8 X×Y×Z for CT (and ``colormap="gray"``),
     uint8 X×Y×Z×3 RGB for PET and SPECT.
@@ -311,6 +314,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
             or in different frames of reference, instead of refusing (:func:`check_same_patient`);
             the fused volume's ``info["identity_warnings"]`` says so, and its DICOM series
             description carries it. No registration is done: inputs must be co-registered.
+        colour, skip_air: as :class:`Fuser` takes them (None: its defaults).
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise CMINetError(f"batch size: expected an integer ≥ 1, got {batch_size!r}")
@@ -337,10 +341,11 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
         warnings.warn(f"the {row.name} window {low:.4g}..{high:.4g} puts {saturated:.0%} of OTHER's head at "
                       "the top of the scale, hiding the MRI there (--window=LOW,HIGH to widen it)", UserWarning,
                       stacklevel=2)
-    fuser, owned = _open_fuser(model, backend, precision, threads, colour)
+    fuser, owned = _open_fuser(model, backend, precision, threads, colour, skip_air)
     started = time.perf_counter()
     try:
         batch_size = batch_size or _default_batch_size(fuser)
+        skips_air = fuser.skips_air
         fused, network_seconds = _fuse_slices(pair, fuser, batch_size, progress)
     finally:
         if owned:
@@ -349,7 +354,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     data = nifti_order(pair.grid.from_display(fused))
     info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
             "identity_warnings": stamps,
-            "batch_size": batch_size, "fuse_seconds": round(seconds, 3),
+            "batch_size": batch_size, "skip_air": skips_air, "fuse_seconds": round(seconds, 3),
             "network_seconds": round(network_seconds, 3), "mri": mri.source, "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
                   modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
@@ -364,19 +369,38 @@ def _default_batch_size(fuser: Fuser) -> int:
 
 def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool) -> tuple[np.ndarray, float]:
     """Display-order fused volume (Z×H×W or Z×H×W×3 uint8), a batch of slices at a time, and
-    the seconds spent in the network."""
+    the seconds spent in the network. The next batch's inputs are made (resampling, windows,
+    YCbCr) and the last one's colour put back in a second thread while the network runs: numpy
+    and the runtimes release the GIL, and on the 1 mm MNI152 T1 + PET that work was 8 % of
+    the wall time."""
     depth, height, width = pair.grid.shape
     out = np.zeros((depth, height, width, 3) if pair.colour else (depth, height, width), dtype=np.uint8)
     network = 0.0
-    with tqdm(total=depth, unit="slice", desc="fusing", disable=not progress, leave=False) as bar:
-        for z0 in range(0, depth, batch_size):
-            z1 = min(z0 + batch_size, depth)
-            inputs = pair.network_inputs(z0, z1)
+    starts = list(range(0, depth, batch_size))
+
+    def prepare(z0: int) -> PreparedPair:
+        return pair.network_inputs(z0, min(z0 + batch_size, depth))
+
+    def finish(z0: int, fused: np.ndarray, inputs: PreparedPair) -> None:
+        out[z0:z0 + len(fused)] = finish_fused(fused, inputs, fuser.colour)
+
+    with tqdm(total=depth, unit="slice", desc="fusing", disable=not progress, leave=False) as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cminet-slices") as helper:
+        upcoming = helper.submit(prepare, starts[0])
+        finishing = None
+        for index, z0 in enumerate(starts):
+            inputs = upcoming.result()
+            if index + 1 < len(starts):
+                upcoming = helper.submit(prepare, starts[index + 1])
             started = time.perf_counter()
             fused = fuser.fuse_slices(inputs.mri, inputs.other)  # tiles a slice too large to fuse whole
             network += time.perf_counter() - started
-            out[z0:z1] = finish_fused(fused, inputs, fuser.colour)
-            bar.update(z1 - z0)
+            if finishing is not None:
+                finishing.result()  # raises what the helper raised
+            finishing = helper.submit(finish, z0, fused, inputs)
+            bar.update(len(fused))
+        if finishing is not None:
+            finishing.result()
     return out, network
 
 

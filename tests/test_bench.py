@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,22 @@ def test_cli_prints_the_table_and_estimates(tmp_path, monkeypatch):
     for bad in (["--sizes", "8"], ["--batch", "0"], ["--sizes", "abc"]):
         result = CliRunner().invoke(cli.main, bad)
         assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/volumes/spm12").is_dir(),
+                    reason="the real volumes are not here")
+def test_volume_mode_times_fuse_volume_against_the_network_on_whole_slices(tmp_path):
+    from cminet.benchmarks import cli
+
+    spm = Path(__file__).resolve().parents[2] / "shared/data/volumes/spm12"
+    out = tmp_path / "volume.json"
+    result = CliRunner().invoke(cli.main, ["--volume", str(spm / "single_subj_T1.nii.gz"),
+                                           str(spm / "template_PET.nii.gz"), "--modality", "pet", "--iters", "10",
+                                           "--backends", "ort-cpu", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "91 axial slices of 109×91" in result.output and "× the yardstick" in result.output
+    report = json.loads(out.read_text())["volume"]
+    assert report["backend"] == "ort-cpu" and report["rounds"] == 1
+    for mode in ("skip_air", "every_pixel"):
+        assert len(report[mode]["wall_s"]) == 1 and report[mode]["ratio"] > 0
+    assert report["yardstick_s"] == pytest.approx(91 * report["whole_slice_ms_p50"] / 1000, rel=1e-3)

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from cminet.data import split_validation, validation_split
+from cminet.data import split_validation, training_split, validation_split
 from cminet.losses import FusionLoss, LossWeights, crop_vif, gradient_magnitude, qabf, ssim, vif
 from cminet.metrics import qabf as qabf_metric
 from cminet.metrics import ssim as ssim_metric
 from cminet.metrics import vif_pixel
+from cminet.runtime.errors import CMINetError
 from cminet.runtime.folders import PairRef, list_pairs
 from cminet.runtime.imaging import finish_output, prepare_pair, rgb_to_ycbcr, ycbcr_to_rgb
 
@@ -185,3 +186,27 @@ def test_validation_split_ignores_pair_types_without_a_train_split(tmp_path):
     everything = list_pairs(root, ("ct_mri", "spect_mri"), "train")
     assert validation_split(root, ["spect_mri"])[1] == [r for r in split_validation(everything)[1]
                                                          if r.pair == "spect_mri"]
+
+
+def test_a_val_list_holds_whole_subjects_out_as_its_maker_decided(tmp_path):
+    held = _listed_dataset(tmp_path / "held", {"pet_mri": 6})
+    names = (held / "pet_mri" / "train.txt").read_text().split()
+    (held / "pet_mri" / "train.txt").write_text("\n".join(names[:-4]) + "\n")
+    (held / "pet_mri" / "val.txt").write_text("\n".join(names[-4:]) + "\n")
+    train, val = validation_split(held, ["pet_mri"])
+    assert [r.name for r in train] == names[:-4] and [r.name for r in val] == names[-4:]  # listed, not carved
+
+
+def test_several_data_folders_join_each_split_its_own_way(tmp_path):
+    carved = _listed_dataset(tmp_path / "carved", {"ct_mri": 8, "pet_mri": 3})
+    held = _listed_dataset(tmp_path / "held", {"pet_mri": 2})
+    names = (held / "pet_mri" / "train.txt").read_text().split()
+    (held / "pet_mri" / "val.txt").write_text(names[-1] + "\n")
+    (held / "pet_mri" / "train.txt").write_text("\n".join(names[:-1]) + "\n")
+    train, val = training_split([carved, held], ("ct_mri", "pet_mri"))
+    alone = validation_split(carved, ["ct_mri", "pet_mri"])
+    assert [r for r in train if r.root == carved] == alone[0] and [r for r in val if r.root == carved] == alone[1]
+    assert [r.name for r in val if r.root == held] == names[-1:]
+    assert {r.name for r in train if r.root == held} == set(names[:-1])
+    with pytest.raises(CMINetError, match="no train split of spect_mri"):
+        training_split([carved, held], ("pet_mri", "spect_mri"))

@@ -1,0 +1,139 @@
+"""Not computing air (:mod:`cminet.runtime.content`): the network sees only the part of a
+slice that holds the head, on its token grid, and the result stays within the tolerance
+tiling is held to; air never reaches the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cminet.runtime import Fuser
+from cminet.runtime.compare import psnr
+from cminet.runtime.content import MARGIN, MIN_SIDE, Box, content_box, run_on_content, token_grid
+from cminet.runtime.contract import shipped_onnx
+from cminet.runtime.volume import SlicePair, fuse_volume, load_volume
+
+from .test_sizes import TILED_PSNR_DB
+
+pytestmark = pytest.mark.torch_free
+VOLUMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes"
+SHIPPED_CONFIG = ('{"output": "max-residual", "patch_size": 8, "kv_pool": 2, "channels": 16, "num_heads": 3}')
+
+
+@pytest.fixture(scope="module")
+def fusers():
+    with Fuser(shipped_onnx("fp32"), backend="ort-cpu") as cropped, \
+            Fuser(shipped_onnx("fp32"), backend="ort-cpu", skip_air=False) as whole:
+        yield cropped, whole
+
+
+class Counting:
+    """A network stand-in that records what it was given and returns its first input + 1."""
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, mri, other):
+        self.shapes.append(mri.shape)
+        return mri + 1.0
+
+
+def test_the_box_is_on_the_token_grid_covers_the_content_and_keeps_the_minimum_side():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = (int(n) for n in rng.integers(16, 300, 2))
+        mri = np.zeros((height, width), np.float32)
+        top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+        bottom, right = top + int(rng.integers(1, height - top + 1)), left + int(rng.integers(1, width - left + 1))
+        mri[top:bottom, left:right] = 0.5
+        box = content_box(mri, np.zeros_like(mri), 16)
+        assert box is not None
+        for start, stop, first, end, length in ((box.top, box.bottom, top, bottom, height),
+                                                (box.left, box.right, left, right, width)):
+            assert start % 16 == 0 and (stop % 16 == 0 or stop == length), (start, stop, length)
+            assert start <= max(first - MARGIN, 0) and stop >= min(end + MARGIN, length)
+            assert stop - start >= min(MIN_SIDE, length)
+
+
+def test_bright_other_outside_the_mri_head_is_content_and_dim_other_is_not():
+    mri = np.zeros((256, 256), np.float32)
+    other = np.zeros_like(mri)
+    other[200:210, 30:40] = 0.3  # a dim halo: max(MRI, OTHER) shows it as it is
+    assert content_box(mri, other, 16) is None
+    other[200:210, 30:40] = 0.8  # bone, strong uptake: the network sees it
+    assert content_box(mri, other, 16) == Box(160, 240, 0, 80)  # 10 px + margins, grown to 64, on the grid
+
+
+def test_air_never_reaches_the_network_and_becomes_the_max_rule():
+    network = Counting()
+    mri = np.zeros((3, 256, 256), np.float32)
+    other = np.zeros_like(mri)
+    other[1, 5:9, 5:9] = 0.2  # below the content level: still air to the network
+    mri[2, 100:140, 90:150] = 0.6
+    fused = run_on_content(network, mri, other, 16)
+    box = content_box(mri[2], other[2], 16)
+    assert network.shapes == [(1, box.bottom - box.top, box.right - box.left)]  # one call, the head's box
+    assert np.array_equal(fused[:2], np.maximum(mri[:2], other[:2]))
+    rows, columns = box.slices
+    assert np.allclose(fused[2][rows, columns], mri[2][rows, columns] + 1)
+    outside = np.ones(mri.shape[1:], bool)
+    outside[rows, columns] = False
+    assert np.array_equal(fused[2][outside], np.maximum(mri[2], other[2])[outside])
+
+
+def test_slices_with_one_box_run_as_one_batch_and_a_batch_equals_one_at_a_time():
+    network = Counting()
+    mri = np.zeros((4, 128, 128), np.float32)
+    mri[[0, 2], 40:80, 40:80] = 0.5
+    mri[[1, 3], 10:30, 10:120] = 0.5
+    fused = run_on_content(network, mri, np.zeros_like(mri), 16)
+    assert sorted(shape[0] for shape in network.shapes) == [2, 2]
+    for k in range(4):
+        assert np.array_equal(fused[k], run_on_content(Counting(), mri[k], np.zeros_like(mri[k]), 16))
+
+
+def test_only_a_max_residual_cminet_is_cropped():
+    assert token_grid(SHIPPED_CONFIG) == 16
+    assert token_grid(SHIPPED_CONFIG.replace("max-residual", "sigmoid")) is None
+    assert token_grid(None) is None and token_grid("{not json") is None and token_grid("[1]") is None
+    with Fuser(shipped_onnx("fp32"), backend="ort-cpu") as fuser:
+        assert fuser.info["skip_air"] is True
+    with Fuser(shipped_onnx("fp32"), backend="ort-cpu", skip_air=False) as fuser:
+        assert fuser.info["skip_air"] is False
+
+
+def test_skip_air_false_runs_every_pixel(fusers):
+    _, whole = fusers
+    mri = np.zeros((1, 96, 96), np.float32)
+    mri[0, 30:50, 30:50] = 0.7
+    expected = whole.infer(mri[:, None], mri[:, None])[:, 0]
+    assert np.array_equal(whole.fuse_slices(mri, mri), expected)
+
+
+@pytest.mark.skipif(not (VOLUMES / "niivue").is_dir(), reason="the real volumes are not here")
+def test_on_a_real_volume_the_crop_stays_within_the_tiling_tolerance_and_skips_most_air(fusers):
+    """The 1 mm MNI152 T1 with the SPM PET template, every 16th slice: fused on the content
+    box against fused whole, and how much of the slices the network saw."""
+    cropped, whole = fusers
+    pair = SlicePair(load_volume(VOLUMES / "niivue/MNI152_2009_template.nii.gz"),
+                     load_volume(VOLUMES / "spm12/template_PET.nii.gz"), "pet")
+    depth, height, width = pair.grid.shape
+    seen = 0
+    for z in range(8, depth, 16):
+        inputs = pair.network_inputs(z, z + 1)
+        a, b = cropped.fuse_slices(inputs.mri, inputs.other)[0], whole.fuse_slices(inputs.mri, inputs.other)[0]
+        assert psnr(b, a) > TILED_PSNR_DB, z
+        box = content_box(inputs.mri[0], inputs.other[0], 16)
+        seen += box.area if box else 0
+    share = seen / (len(range(8, depth, 16)) * height * width)
+    assert share < 0.6, share  # the network's work on this volume, not a timing
+
+
+@pytest.mark.skipif(not (VOLUMES / "niivue").is_dir(), reason="the real volumes are not here")
+def test_fuse_volume_skips_air_and_says_so(fusers):
+    cropped, _ = fusers
+    fused = fuse_volume(VOLUMES / "spm12/single_subj_T1.nii.gz", VOLUMES / "spm12/template_PET.nii.gz",
+                        model=cropped, modality="pet")
+    assert fused.info["skip_air"] is True
