@@ -123,6 +123,7 @@ class TorchBackend(Backend):
 
     def _setup(self, cuda_graphs: bool = False, compile: bool = False) -> None:
         self.mode = "compile" if compile else "graph" if cuda_graphs else "eager"
+        self.compiles_per_shape = self.mode != "eager"
         self._lock = threading.RLock()  # a graph's static buffers serve one call at a time
         self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.model
         self.compile_seconds: dict[tuple[int, ...], float] = {}  # first call per shape, where compiled

@@ -32,6 +32,9 @@ HEAD_LEVEL = 8 / 255  # MRI at or above this is head (the scanner's noise floor 
 BRIGHT_OTHER = 0.5  # OTHER at or above this (bone, strong uptake) is content even outside the MRI's head
 MARGIN = 16  # px of context around the content
 MIN_SIDE = MIN_TILE  # a box is never smaller than the smallest tile the runtime fuses
+# Box sides for a backend that compiles each input shape (OpenVINO's static shapes, CUDA
+# graphs): multiples of this, so a volume brings a handful of shapes, not one per slice.
+COMPILED_SHAPE_STEP = 64
 
 
 @dataclass(frozen=True)
@@ -66,39 +69,51 @@ def token_grid(config_json: str | None) -> int | None:
     return shape.patch_size * shape.kv_pool
 
 
-def content_box(mri: np.ndarray, other: np.ndarray, grid: int) -> Box | None:
+def content_box(mri: np.ndarray, other: np.ndarray, grid: int, step: int | None = None) -> Box | None:
     """The box the network must see for float H×W ``mri``/``other`` in [0, 1], or None when
-    there is no content."""
+    there is no content. ``step``: box sides are whole multiples of it (or the image's side),
+    so that few distinct shapes reach a backend that compiles each one."""
     content = (mri >= HEAD_LEVEL) | (other >= BRIGHT_OTHER)
     rows, columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
     if rows.size == 0:
         return None
     height, width = content.shape
-    top, bottom = _span(rows[0], rows[-1] + 1, height, grid)
-    left, right = _span(columns[0], columns[-1] + 1, width, grid)
+    top, bottom = _span(rows[0], rows[-1] + 1, height, grid, step or grid)
+    left, right = _span(columns[0], columns[-1] + 1, width, grid, step or grid)
     return Box(top, bottom, left, right)
 
 
-def _span(first: int, end: int, length: int, grid: int) -> tuple[int, int]:
-    """[first, end) widened by the margin and to the minimum side, on the token grid."""
-    start, stop = max(first - MARGIN, 0), min(end + MARGIN, length)
-    missing = MIN_SIDE - (stop - start)
-    if missing > 0:  # grow around the middle, then against whichever edge stops it
-        start = max(start - (missing + 1) // 2, 0)
-        stop = min(max(stop + missing // 2, start + MIN_SIDE), length)
-        start = max(min(start, stop - MIN_SIDE), 0)
-    start = start // grid * grid  # outward onto the grid: an end past the image stays the image's edge
-    stop = min(-(-stop // grid) * grid, length)
-    return int(start), int(stop)
+def _span(first: int, end: int, length: int, grid: int, step: int) -> tuple[int, int]:
+    """[first, end) widened by the margin and to the minimum side, starting on the token grid;
+    its length a multiple of ``step`` unless it reaches the image's far edge."""
+    low, high = max(first - MARGIN, 0), min(end + MARGIN, length)
+    low = low // grid * grid  # outward onto the grid
+    side = min(-(-max(high - low, MIN_SIDE) // step) * step, length)
+    start = max(low - (side - (high - low)) // 2 // grid * grid, 0)  # grown around the content, on the grid
+    if start + side > length:  # against the far edge: end there, starting on the grid
+        return (length - side) // grid * grid, length
+    return start, start + side
 
 
 Network = Callable[[np.ndarray, np.ndarray], np.ndarray]  # float H×W (or N×H×W) pair → same shape
 
 
-def run_on_content(network: Network, mri: np.ndarray, other: np.ndarray, grid: int | None) -> np.ndarray:
+def union(boxes) -> Box | None:
+    """The smallest box holding every box given (None among them: no content there)."""
+    found = [b for b in boxes if b is not None]
+    if not found:
+        return None
+    return Box(min(b.top for b in found), max(b.bottom for b in found), min(b.left for b in found),
+               max(b.right for b in found))
+
+
+def run_on_content(network: Network, mri: np.ndarray, other: np.ndarray, grid: int | None,
+                   step: int | None = None, fixed: Box | None = None) -> np.ndarray:
     """``network`` on the content box of each image of ``mri``/``other`` (H×W or N×H×W),
     ``max(mri, other)`` around it; the input as given when ``grid`` is None. Images of a
-    stack with the same box run as one batch, so a batch gives what one image at a time does."""
+    stack with the same box run as one batch, so a batch gives what one image at a time does.
+    ``step``: as :func:`content_box` takes it. ``fixed``: every image with content runs on
+    this box (a volume's union of boxes: one input shape for a backend that compiles each)."""
     if grid is None:
         return network(mri, other)
     if mri.ndim == 2:
@@ -106,7 +121,8 @@ def run_on_content(network: Network, mri: np.ndarray, other: np.ndarray, grid: i
     height, width = mri.shape[-2:]
     groups: dict[Box | None, list[int]] = {}
     for k in range(len(mri)):
-        groups.setdefault(content_box(mri[k], other[k], grid), []).append(k)
+        box = content_box(mri[k], other[k], grid, step)
+        groups.setdefault(fixed if fixed is not None and box is not None else box, []).append(k)
     if list(groups) == [Box(0, height, 0, width)]:
         return network(mri, other)
     fused = np.maximum(mri, other).astype(np.float32)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .backends.base import Backend, BackendUnavailable, open_backend
 from .colour import check_colour_mode
-from .content import run_on_content, token_grid
+from .content import COMPILED_SHAPE_STEP, Box, content_box, run_on_content, token_grid, union
 from .contract import (
     AUTO,
     AUTO_BACKEND,
@@ -163,6 +163,7 @@ class Fuser:
         # The token grid content boxes align to; None (slices run whole) without skip_air or
         # for a model not known to be a max-residual CMINet.
         self._grid = token_grid(getattr(self._backend, "config_json", None)) if self.skip_air else None
+        self._step = COMPILED_SHAPE_STEP if getattr(self._backend, "compiles_per_shape", False) else None
         try:
             self.size_policy()
         except ContractError as exc:
@@ -216,7 +217,8 @@ class Fuser:
         """Float H×W pair → float32 H×W: the network on its content, whole or in tiles
         (``self.last_plan``)."""
         self.last_plan = None
-        return run_on_content(lambda a, b: self._whole_or_tiles(a[0], b[0], tile)[None], mri, other, self._grid)
+        return run_on_content(lambda a, b: self._whole_or_tiles(a[0], b[0], tile)[None], mri, other, self._grid,
+                              self._step)
 
     def _whole_or_tiles(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         policy = self.size_policy()
@@ -225,14 +227,25 @@ class Fuser:
             return self.infer(mri[None, None], other[None, None])[0, 0]
         return run_tiled(self.infer, mri, other, plan, batch=policy.batch_for(plan))
 
-    def fuse_slices(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto") -> np.ndarray:
+    def fuse_slices(self, mri: np.ndarray, other: np.ndarray, tile: int | str | None = "auto",
+                    box: Box | None = None) -> np.ndarray:
         """The network on N float H×W slices in [0, 1] (N×H×W, a volume's batch): one call
         when they fit together, else slice by slice, each whole or in tiles as in :meth:`fuse`.
-        Returns float32 N×H×W."""
+        ``box``: with air skipped, the box every slice with content runs on (:meth:`stack_box`)
+        instead of its own. Returns float32 N×H×W."""
         tile = parse_tile(tile)
         if not isinstance(mri, np.ndarray) or mri.ndim != 3:
             raise ImageError(f"mri: expected N×H×W slices, got {getattr(mri, 'shape', type(mri).__name__)}")
-        return run_on_content(lambda a, b: self._stack(a, b, tile), mri, other, self._grid)
+        return run_on_content(lambda a, b: self._stack(a, b, tile), mri, other, self._grid, self._step, box)
+
+    def stack_box(self, batches) -> Box | None:
+        """For a backend that compiles each input shape, with air skipped: one box for a whole
+        stack (the union of its slices' boxes; ``batches`` yields (mri, other) N×H×W float
+        arrays), so a volume costs one compilation, not one per box size. None otherwise:
+        each slice then runs on its own box."""
+        if self._grid is None or not self.backend.compiles_per_shape:
+            return None
+        return union(content_box(m, o, self._grid) for mri, other in batches for m, o in zip(mri, other, strict=True))
 
     def _stack(self, mri: np.ndarray, other: np.ndarray, tile) -> np.ndarray:
         n, height, width = mri.shape
@@ -280,7 +293,8 @@ class Fuser:
                 chunk = indices[start : start + limit]
                 a = np.stack([prepared[i].mri for i in chunk])
                 b = np.stack([prepared[i].other for i in chunk])
-                out = run_on_content(lambda x, y: self.infer(x[:, None], y[:, None])[:, 0], a, b, self._grid)
+                out = run_on_content(lambda x, y: self.infer(x[:, None], y[:, None])[:, 0], a, b, self._grid,
+                                     self._step)
                 for k, i in enumerate(chunk):
                     results[i] = finish_fused(out[k], prepared[i], self.colour)
         return results  # type: ignore[return-value]

@@ -77,6 +77,7 @@ AIR_HU = -200.0  # a head CT in Hounsfield units has air (-1000) well below this
 # GPUs want batches (--batch-size; on a GPU capped by an engine's profile).
 CPU_BATCH_SIZE = 1
 GPU_BATCH_SIZE = 4
+STACK_BOX_SLICES = 16  # slices prepared at a time while finding a volume's content box
 
 
 def parse_window(window) -> tuple[float, float]:
@@ -377,6 +378,9 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
     out = np.zeros((depth, height, width, 3) if pair.colour else (depth, height, width), dtype=np.uint8)
     network = 0.0
     starts = list(range(0, depth, batch_size))
+    # A backend that compiles each input shape gets one box for the whole volume.
+    box = fuser.stack_box((inputs.mri, inputs.other) for inputs in map(
+        lambda z0: pair.network_inputs(z0, min(z0 + STACK_BOX_SLICES, depth)), range(0, depth, STACK_BOX_SLICES)))
 
     def prepare(z0: int) -> PreparedPair:
         return pair.network_inputs(z0, min(z0 + batch_size, depth))
@@ -393,7 +397,7 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
             if index + 1 < len(starts):
                 upcoming = helper.submit(prepare, starts[index + 1])
             started = time.perf_counter()
-            fused = fuser.fuse_slices(inputs.mri, inputs.other)  # tiles a slice too large to fuse whole
+            fused = fuser.fuse_slices(inputs.mri, inputs.other, box=box)  # tiles a slice too large to fuse whole
             network += time.perf_counter() - started
             if finishing is not None:
                 finishing.result()  # raises what the helper raised

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cminet.runtime import Fuser
+from cminet.runtime.backends.base import Backend
 from cminet.runtime.compare import psnr
 from cminet.runtime.content import MARGIN, MIN_SIDE, Box, content_box, run_on_content, token_grid
 from cminet.runtime.contract import shipped_onnx
@@ -40,7 +41,8 @@ class Counting:
         return mri + 1.0
 
 
-def test_the_box_is_on_the_token_grid_covers_the_content_and_keeps_the_minimum_side():
+@pytest.mark.parametrize("step", [None, 64])
+def test_the_box_is_on_the_token_grid_covers_the_content_and_keeps_the_minimum_side(step):
     rng = np.random.default_rng(0)
     for _ in range(300):
         height, width = (int(n) for n in rng.integers(16, 300, 2))
@@ -48,11 +50,12 @@ def test_the_box_is_on_the_token_grid_covers_the_content_and_keeps_the_minimum_s
         top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
         bottom, right = top + int(rng.integers(1, height - top + 1)), left + int(rng.integers(1, width - left + 1))
         mri[top:bottom, left:right] = 0.5
-        box = content_box(mri, np.zeros_like(mri), 16)
+        box = content_box(mri, np.zeros_like(mri), 16, step)
         assert box is not None
         for start, stop, first, end, length in ((box.top, box.bottom, top, bottom, height),
                                                 (box.left, box.right, left, right, width)):
-            assert start % 16 == 0 and (stop % 16 == 0 or stop == length), (start, stop, length)
+            assert start % 16 == 0 and 0 <= start < stop <= length, (start, stop, length)
+            assert (stop - start) % (step or 16) == 0 or stop == length, (start, stop, length)
             assert start <= max(first - MARGIN, 0) and stop >= min(end + MARGIN, length)
             assert stop - start >= min(MIN_SIDE, length)
 
@@ -63,7 +66,7 @@ def test_bright_other_outside_the_mri_head_is_content_and_dim_other_is_not():
     other[200:210, 30:40] = 0.3  # a dim halo: max(MRI, OTHER) shows it as it is
     assert content_box(mri, other, 16) is None
     other[200:210, 30:40] = 0.8  # bone, strong uptake: the network sees it
-    assert content_box(mri, other, 16) == Box(160, 240, 0, 80)  # 10 px + margins, grown to 64, on the grid
+    assert content_box(mri, other, 16) == Box(176, 240, 0, 64)  # 10 px + margins, grown to 64, on the grid
 
 
 def test_air_never_reaches_the_network_and_becomes_the_max_rule():
@@ -137,3 +140,31 @@ def test_fuse_volume_skips_air_and_says_so(fusers):
     fused = fuse_volume(VOLUMES / "spm12/single_subj_T1.nii.gz", VOLUMES / "spm12/template_PET.nii.gz",
                         model=cropped, modality="pet")
     assert fused.info["skip_air"] is True
+
+
+class ShapeRecorder(Backend):
+    """A backend double that compiles per shape (as OpenVINO's static shapes do), records the
+    shapes it is given and returns max(MRI, OTHER): a max-residual CMINet with no correction."""
+
+    name = "ort-cpu"
+    config_json = SHIPPED_CONFIG
+    compiles_per_shape = True
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run_impl(self, mri, other):
+        self.shapes.append(mri.shape)
+        return np.maximum(mri, other)
+
+
+@pytest.mark.skipif(not (VOLUMES / "niivue").is_dir(), reason="the real volumes are not here")
+def test_a_backend_that_compiles_each_shape_gets_one_box_per_volume():
+    recorder = ShapeRecorder()
+    fused = fuse_volume(VOLUMES / "spm12/single_subj_T1.nii.gz", VOLUMES / "spm12/template_PET.nii.gz",
+                        model=Fuser(recorder), modality="pet")
+    assert len(set(recorder.shapes)) == 1 and len(recorder.shapes) < fused.info["slices"]  # air slices skipped
+    recorder.compiles_per_shape = False  # a backend that takes any shape alike: each slice its own box
+    fuse_volume(VOLUMES / "spm12/single_subj_T1.nii.gz", VOLUMES / "spm12/template_PET.nii.gz",
+                model=Fuser(recorder), modality="pet")
+    assert len(set(recorder.shapes)) > 2

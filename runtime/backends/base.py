@@ -39,6 +39,7 @@ class Backend:
     input_dtype = np.dtype(np.float32)
     profile = ShapeProfile()
     config_json: str | None = None  # the CMINetConfig the model was exported from, where it says
+    compiles_per_shape = False  # a new input shape costs a compilation (static shapes, CUDA graphs)
 
     def run(self, mri: np.ndarray, other: np.ndarray) -> np.ndarray:
         """float N×1×H×W arrays in [0, 1] → float32 N×1×H×W, device work finished."""

@@ -157,6 +157,7 @@ class OpenVINOBackend(Backend):
         self.split_convolutions = split_concat_convolutions(model)
         self.core, self.model = core, model
         self.config = {**OV_CPU_CONFIG, "INFERENCE_NUM_THREADS": self.threads, **(plugin_config or {})}
+        self.compiles_per_shape = True
         self.requests = ShapeCache(STATIC_SHAPES_KEPT, self._compile_for)  # infer requests by input shape
         # One request per shape, and an infer request is not re-entrant: calls from several
         # threads (a server's workers) take turns, like the TensorRT backend's one context.
