@@ -114,10 +114,10 @@ def run_on_content(network: Network, mri: np.ndarray, other: np.ndarray, grid: i
     stack with the same box run as one batch, so a batch gives what one image at a time does.
     ``step``: as :func:`content_box` takes it. ``fixed``: every image with content runs on
     this box (a volume's union of boxes: one input shape for a backend that compiles each)."""
+    if mri.ndim == 2:
+        return run_on_content(network, mri[None], other[None], grid, step, fixed)[0]
     if grid is None:
         return network(mri, other)
-    if mri.ndim == 2:
-        return run_on_content(network, mri[None], other[None], grid)[0]
     height, width = mri.shape[-2:]
     groups: dict[Box | None, list[int]] = {}
     for k in range(len(mri)):

@@ -14,6 +14,7 @@ from cminet.runtime.backends.base import Backend
 from cminet.runtime.compare import psnr
 from cminet.runtime.content import MARGIN, MIN_SIDE, Box, content_box, run_on_content, token_grid
 from cminet.runtime.contract import shipped_onnx
+from cminet.runtime.imaging import finish_fused, prepare_pair
 from cminet.runtime.volume import SlicePair, fuse_volume, load_volume
 
 from .test_sizes import TILED_PSNR_DB
@@ -113,6 +114,10 @@ def test_skip_air_false_runs_every_pixel(fusers):
     mri[0, 30:50, 30:50] = 0.7
     expected = whole.infer(mri[:, None], mri[:, None])[:, 0]
     assert np.array_equal(whole.fuse_slices(mri, mri), expected)
+    image = (mri[0] * 255).astype(np.uint8)  # the 2-D path, grey in, grey out
+    pair = prepare_pair(image, image)
+    network = whole.infer(pair.mri[None, None], pair.other[None, None])[0, 0]
+    assert np.array_equal(whole.fuse(image, image), finish_fused(network, pair, whole.colour))
 
 
 @pytest.mark.skipif(not (VOLUMES / "niivue").is_dir(), reason="the real volumes are not here")
@@ -168,3 +173,28 @@ def test_a_backend_that_compiles_each_shape_gets_one_box_per_volume():
     fuse_volume(VOLUMES / "spm12/single_subj_T1.nii.gz", VOLUMES / "spm12/template_PET.nii.gz",
                 model=Fuser(recorder), modality="pet")
     assert len(set(recorder.shapes)) > 2
+
+
+def test_cli_no_skip_air_runs_every_pixel(tmp_path):
+    """A 256² head in a 448² frame: `cminet fuse` skips the air by default, within the tiling
+    tolerance of --no-skip-air, which runs every pixel."""
+    from click.testing import CliRunner
+
+    from cminet.cli import main
+    from cminet.runtime.folders import SAMPLES_DIR
+    from cminet.runtime.imaging import read_image, write_image
+
+    framed = []
+    for kind in ("mri", "other"):
+        image = read_image(SAMPLES_DIR / f"pet_mri/{kind}/41066.png")
+        canvas = np.zeros((448, 448, *image.shape[2:]), np.uint8)
+        canvas[96:352, 96:352] = image
+        framed.append(write_image(tmp_path / f"{kind}.png", canvas) or tmp_path / f"{kind}.png")
+    outputs = {}
+    for flag in ("--skip-air", "--no-skip-air"):
+        out = tmp_path / f"fused{flag}.png"
+        result = CliRunner().invoke(main, ["fuse", *map(str, framed), "-o", str(out), flag, "--backend", "ort-cpu"])
+        assert result.exit_code == 0, result.output
+        outputs[flag] = read_image(out).astype(np.float32) / 255
+    assert not np.array_equal(outputs["--skip-air"], outputs["--no-skip-air"])
+    assert psnr(outputs["--no-skip-air"], outputs["--skip-air"]) > TILED_PSNR_DB
