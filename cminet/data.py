@@ -103,7 +103,8 @@ def training_split(roots, pairs, fraction: float = 0.1, seed: int = 0) -> tuple[
             val += v
     missing = [p for p in pairs if p not in found]
     if missing:
-        raise CMINetError(f"no train split of {', '.join(missing)} in {', '.join(map(str, roots))}")
+        raise CMINetError(f"no train split of {', '.join(missing)}: no such split file {missing[0]}/train.txt in "
+                          f"{', '.join(map(str, roots))}")
     return train, val
 
 

@@ -160,12 +160,12 @@ class Fuser:
 
     def _check_metadata(self) -> None:
         """The model's recorded config (which sizes memory and tiles) is an input like any other."""
-        # The token grid content boxes align to; None (slices run whole) without skip_air or
-        # for a model not known to be a max-residual CMINet.
-        self._grid = token_grid(getattr(self._backend, "config_json", None)) if self.skip_air else None
-        self._step = COMPILED_SHAPE_STEP if getattr(self._backend, "compiles_per_shape", False) else None
         try:
             self.size_policy()
+            # The token grid content boxes align to; None (slices run whole) without skip_air
+            # or for a model not known to be a max-residual CMINet.
+            self._grid = token_grid(getattr(self._backend, "config_json", None)) if self.skip_air else None
+            self._step = COMPILED_SHAPE_STEP if getattr(self._backend, "compiles_per_shape", False) else None
         except ContractError as exc:
             self.close()
             raise ModelFileError(f"{self.path}: {exc}") from None
