@@ -48,6 +48,7 @@ from .errors import CMINetError
 COLOURED_CHROMA = 20.0  # C*ab above which a functional pixel counts as coloured (metric and hold)
 HOLD_FROM_CHROMA = 5.0  # C*ab at and below which the hold weight is 0 (grey, black, near-white)
 HOLD_SIGMA = 2.0  # px: the Gaussian σ of the base the functional image keeps (chosen on validation)
+HOLD_STRENGTH = 1.0  # share of the functional base the hold puts in (1: all of it where w = 1)
 EDGE_TAU = 0.4  # MRI edge strength (3×3 Sobel magnitude, image in 0..1) released in full (validation)
 EDGE_SIGMA = 1.0  # px: the edge map's smoothing, so the release has no hard rim
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float32)  # OpenCV's 3×3 Sobel
@@ -117,16 +118,18 @@ def low_pass(x: np.ndarray, sigma: float = HOLD_SIGMA) -> np.ndarray:
 
 
 def hold_functional_base(fused: np.ndarray, functional: np.ndarray, weight: np.ndarray | None,
-                         sigma: float = HOLD_SIGMA) -> np.ndarray:
-    """The colour hold: ``fused + weight · G_σ ∗ (functional − fused)`` on float H×W (or
-    N×H×W) arrays in [0, 1]; ``fused`` unchanged (as float32) when ``weight`` is None or all 0."""
+                         sigma: float = HOLD_SIGMA, strength: float | None = None) -> np.ndarray:
+    """The colour hold: ``fused + s · weight · G_σ ∗ (functional − fused)`` on float H×W (or
+    N×H×W) arrays in [0, 1], ``s`` the ``strength`` (None: :data:`HOLD_STRENGTH`); ``fused``
+    unchanged (as float32) when ``weight`` is None or all 0."""
     fused = np.asarray(fused, dtype=np.float32)
     if weight is None or not np.any(weight):
         return fused
     if fused.shape != functional.shape or fused.shape != weight.shape:
         raise ValueError(f"colour hold: shapes differ (fused {fused.shape}, functional {functional.shape}, "
                          f"weight {weight.shape})")
-    return fused + weight * low_pass(functional - fused, sigma)
+    strength = HOLD_STRENGTH if strength is None else strength
+    return fused + np.float32(strength) * weight * low_pass(functional - fused, sigma)
 
 
 # Colour modes the user chooses. ``balanced`` (the default): the hold above. ``strict`` keeps the
