@@ -164,7 +164,7 @@ def test_serve_and_fuse_with_the_server_from_one_install(tmp_path):
         raise
     finally:
         stop_server(server)
-    with Fuser() as local:
+    with Fuser(skip_air=False) as local:  # served fusion runs every pixel (docs/serving.md)
         expected = local.fuse(read_image(PET_MRI), read_image(PET))
     assert np.abs(read_image(out).astype(int) - expected.astype(int)).max() <= 1
 
