@@ -1,12 +1,17 @@
-"""Can fuse-volume skip air? Crops each axial slice of a real MRI + PET pair to its content
-(plus a margin), runs the network on the crop, fills the rest with the max rule (what a
-max-residual network gives where it adds nothing), and compares with fusing the whole slice.
+"""How much context must a content box keep? Fuses every 8th axial slice of real MRI +
+PET/SPECT volumes on its content box (:mod:`cminet.runtime.content`, on the token grid) with
+each margin given, and compares with fusing the whole slice: the share of the slices' pixels
+the network sees, and the lowest and 10th-percentile PSNR against whole-slice fusion (the
+tiling tolerance is 38 dB). ``--off-grid`` starts the boxes where the content starts instead
+(what the first version did).
 
-    python benchmarks/experiments/volume_content_crop.py [--mri M.nii.gz --other P.nii.gz]
+    python benchmarks/experiments/volume_content_crop.py [--margins 4,8,16] [--off-grid]
 
-Prints, per content rule and margin, the share of slice pixels the network would still see
-and the worst differences (0-255 levels, inside the MRI head and outside it) and PSNR over
-every 12th slice. Torch-free; reads ../shared/data/volumes by default.
+Measured 2026-12-04 (shipped V1 ONNX, ort-cpu), the runtime's rule and grid: the 1 mm MNI152 T1
+with the PET template, margin 4 / 8 / 16 px: 40 / 44 / 55 % of the pixels, PSNR min 36.7 /
+39.2 / 42.3 dB; with the SPECT template 35.8 / 38.2 / 42.4 dB; the 2 mm single subject's head
+fills its slices (91–97 %). Off the grid the first version saw up to 94 grey levels of
+difference (32 dB). Torch-free; reads ../shared/data/volumes.
 """
 
 from __future__ import annotations
@@ -16,55 +21,46 @@ from pathlib import Path
 
 import numpy as np
 
+import cminet.runtime.content as content
 from cminet.runtime import Fuser
 from cminet.runtime.compare import psnr
 from cminet.runtime.volume import SlicePair, load_volume
 
 VOLUMES = Path(__file__).resolve().parents[3] / "shared" / "data" / "volumes"
-
-
-def crop_box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
-    if not mask.any():
-        return None
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    height, width = mask.shape
-    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, height),
-            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, width))
+CASES = (("niivue/MNI152_2009_template.nii.gz", "spm12/template_PET.nii.gz", "pet"),
+         ("niivue/MNI152_2009_template.nii.gz", "spm12/template_SPECT.nii.gz", "spect"),
+         ("spm12/single_subj_T1.nii.gz", "spm12/template_PET.nii.gz", "pet"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mri", default=str(VOLUMES / "niivue/MNI152_2009_template.nii.gz"))
-    parser.add_argument("--other", default=str(VOLUMES / "spm12/template_PET.nii.gz"))
-    parser.add_argument("--modality", default="pet")
+    parser.add_argument("--margins", default="4,8,16")
+    parser.add_argument("--off-grid", action="store_true", help="boxes start where the content starts")
     args = parser.parse_args()
-    pair = SlicePair(load_volume(args.mri), load_volume(args.other), args.modality)
-    depth, height, width = pair.grid.shape
-    mri_u8, other_u8 = pair.mri_slices(0, depth), pair.other_slices(0, depth)
-    rules = {"MRI >= 8": lambda z: mri_u8[z] >= 8,
-             "MRI >= 8 or OTHER >= 26": lambda z: (mri_u8[z] >= 8) | (other_u8[z] >= 26)}
-    with Fuser(backend="ort-cpu") as fuser:
-        for rule, content in rules.items():
-            for margin in (8, 16, 32):
-                boxes = [crop_box(content(z), margin) for z in range(depth)]
-                share = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes if b) / (depth * height * width)
-                worst_head = worst_out = 0.0
-                psnrs = []
-                for z in range(5, depth, 12):
+    grid = 1 if args.off_grid else 16
+    with Fuser(backend="ort-cpu", skip_air=False) as fuser:
+        def network(a, b):
+            return fuser.infer(a[:, None], b[:, None])[:, 0]
+
+        for mri, other, modality in CASES:
+            pair = SlicePair(load_volume(VOLUMES / mri), load_volume(VOLUMES / other), modality)
+            depth, height, width = pair.grid.shape
+            wholes: dict[int, np.ndarray] = {}
+            for margin in (int(m) for m in args.margins.split(",")):
+                content.MARGIN = margin
+                psnrs, seen = [], 0
+                for z in range(4, depth, 8):
                     inputs = pair.network_inputs(z, z + 1)
-                    x, y = inputs.mri[0], inputs.other[0]
-                    whole = fuser.infer(x[None, None], y[None, None])[0, 0]
-                    out = np.maximum(x, y).astype(np.float32)
-                    if boxes[z]:
-                        r0, r1, c0, c1 = boxes[z]
-                        out[r0:r1, c0:c1] = fuser.infer(x[None, None, r0:r1, c0:c1], y[None, None, r0:r1, c0:c1])[0, 0]
-                    diff, head = np.abs(whole - out) * 255, content(z)
-                    worst_head = max(worst_head, float(diff[head].max()) if head.any() else 0.0)
-                    worst_out = max(worst_out, float(diff[~head].max()) if (~head).any() else 0.0)
-                    psnrs.append(psnr(whole, out))
-                print(f"{rule:<26} margin {margin:2d}: network sees {share:.2f} of the pixels; worst |Δ| head "
-                      f"{worst_head:.1f}, outside {worst_out:.1f} levels; PSNR min {min(psnrs):.1f} dB, "
-                      f"median {float(np.median(psnrs)):.1f} dB")
+                    if z not in wholes:
+                        wholes[z] = network(inputs.mri, inputs.other)[0]
+                    cropped = content.run_on_content(network, inputs.mri, inputs.other, grid)[0]
+                    box = content.content_box(inputs.mri[0], inputs.other[0], grid)
+                    seen += box.area if box else 0
+                    psnrs.append(psnr(wholes[z], cropped))
+                finite = [p for p in psnrs if np.isfinite(p)] or [float("inf")]
+                print(f"{Path(mri).stem[:14]:<14} {modality:<5} margin {margin:2d}: network sees "
+                      f"{seen / (len(psnrs) * height * width):.0%} of the pixels; PSNR min {min(psnrs):.1f} dB, "
+                      f"10th percentile {np.percentile(finite, 10):.1f} dB")
 
 
 if __name__ == "__main__":
