@@ -260,12 +260,7 @@ def main(backends, models, weights, sizes, batches, warmup, iters, quick, json_p
                        f"≥ {e['latency_ms']:.2f} ms ({e['bound']}-bound, intensity {e['arithmetic_intensity']:.1f} "
                        f"FLOP/B, ridge {e['ridge_point']:.1f})")
     report["estimates"] = estimates
-    targets = [Path(json_path)] if json_path else []
-    if record:
-        targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}.json")
-    for target in targets:
-        write_text_atomic(target, json.dumps(report, indent=2) + "\n")
-        click.echo(f"wrote {target}")
+    _write_report(report, json_path, record)
     if plot:
         plot_latency(report["results"], plot)
         click.echo(f"wrote {plot}")
@@ -285,9 +280,15 @@ def _volume_benchmark(volume, modality, backends, threads, iters, json_path, rec
     report = {"kind": "volume", "machine": machine, "volume": result}
     click.echo(f"machine: {machine['cpu']} ({machine['cpu_cores']} cores), GPU: {machine['gpu'] or 'none'}")
     print_volume_speed(result, click.echo)
+    _write_report(report, json_path, record, suffix="-volume")
+
+
+def _write_report(report: dict, json_path: str | None, record: bool, suffix: str = "") -> None:
+    """The report as JSON to ``--json`` and (``--record``) to benchmarks/results/<machine>-<date><suffix>.json."""
+    machine = report["machine"]
     targets = [Path(json_path)] if json_path else []
     if record:
-        targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}-volume.json")
+        targets.append(RESULTS_DIR / f"{machine_slug(machine)}-{machine['date'][:10]}{suffix}.json")
     for target in targets:
         write_text_atomic(target, json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {target}")

@@ -212,10 +212,9 @@ def train(data, pairs, epochs, batch_size, lr, lr_scaling, crop, out, resume, in
     if output_kind(log) not in ("new", "file"):
         raise OutputError(f"{log}: not a regular file; training appends its log there")
     opts = TrainOptions(data=tuple(Path(root) for root in data), out=Path(out), pairs=chosen, epochs=epochs,
-                        batch_size=batch_size,
-                        lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device, resume=resume,
-                        max_minutes=max_minutes, init=Path(init) if init else None, reset_head=reset_head,
-                        augment=augment, colour_hold=colour_hold, shifted_val=shifted_val,
+                        batch_size=batch_size, lr=lr, lr_scaling=lr_scaling, crop=crop, seed=seed, device=device,
+                        resume=resume, max_minutes=max_minutes, init=Path(init) if init else None,
+                        reset_head=reset_head, augment=augment, colour_hold=colour_hold, shifted_val=shifted_val,
                         loss=LossWeights(*weights, colour_sigma=colour_sigma, fov=w_fov))
     try:
         summary = run_training(opts)

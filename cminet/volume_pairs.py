@@ -178,11 +178,12 @@ def write_volume_pairs(volumes: Path, out: Path, recipe: dict[str, Split] = RECI
                 if spec.real and modality in spec.real:
                     volume = load_volume(volumes / spec.real[modality], modality)
                     sources.append((modality, "r", volume, "HOT_IRON", 1.0, {"file": spec.real[modality]}))
+            # One MRI's every slice with every draw would repeat its anatomy too often: each
+            # slice goes to ``repeats`` of its modality's draws.
+            tags = {m: [s[1] for s in sources if s[0] == m] for m in FUNCTIONAL_TYPES}
             for modality, tag, volume, palette, top, params in sources:
                 pair_type = FUNCTIONAL_TYPES[modality]
-                # One MRI's every slice with every draw would repeat its anatomy too often:
-                # each slice goes to ``repeats`` of the modality's draws.
-                same = [s[1] for s in sources if s[0] == modality]
+                same = tags[modality]
                 names = []
                 for z, grey, colour in render(mri, volume, modality, palette, top, spec.every, spec.upscale):
                     if (z // spec.every - same.index(tag)) % len(same) >= spec.repeats:

@@ -346,7 +346,6 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     started = time.perf_counter()
     try:
         batch_size = batch_size or _default_batch_size(fuser)
-        skips_air = fuser.skips_air
         fused, network_seconds = _fuse_slices(pair, fuser, batch_size, progress)
     finally:
         if owned:
@@ -355,7 +354,7 @@ def fuse_volume(mri, other, *, model=None, modality: str | None = None, window=N
     data = nifti_order(pair.grid.from_display(fused))
     info = {"fused": True, **pair.describe(), "coverage": round(coverage, 4), "slices": pair.grid.shape[0],
             "identity_warnings": stamps,
-            "batch_size": batch_size, "skip_air": skips_air, "fuse_seconds": round(seconds, 3),
+            "batch_size": batch_size, "skip_air": fuser.skips_air, "fuse_seconds": round(seconds, 3),
             "network_seconds": round(network_seconds, 3), "mri": mri.source, "other": other.source}
     return Volume(data, mri.affine, source=f"fused {Path(mri.source).name} + {Path(other.source).name}",
                   modality="OT", xform_code=mri.xform_code, dicom=mri.dicom, info=info)
@@ -379,8 +378,8 @@ def _fuse_slices(pair: SlicePair, fuser: Fuser, batch_size: int, progress: bool)
     network = 0.0
     starts = list(range(0, depth, batch_size))
     # A backend that compiles each input shape gets one box for the whole volume.
-    box = fuser.stack_box((inputs.mri, inputs.other) for inputs in map(
-        lambda z0: pair.network_inputs(z0, min(z0 + STACK_BOX_SLICES, depth)), range(0, depth, STACK_BOX_SLICES)))
+    box = fuser.stack_box((inputs.mri, inputs.other) for inputs in (
+        pair.network_inputs(z0, min(z0 + STACK_BOX_SLICES, depth)) for z0 in range(0, depth, STACK_BOX_SLICES)))
 
     def prepare(z0: int) -> PreparedPair:
         return pair.network_inputs(z0, min(z0 + batch_size, depth))
